@@ -1,0 +1,163 @@
+"""Configuration dataclasses and the named presets; everything here round-trips through JSON."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any
+
+FORMAT_VERSION = 1
+
+
+@dataclass
+class PreprocessConfig:
+    """How a volume becomes a stack of normalised square slices."""
+
+    image_size: int = 224
+    lower_percentile: float = 0.5
+    upper_percentile: float = 99.5
+    # Slices whose foreground covers less than this fraction are not used for training.
+    min_train_foreground: float = 0.05
+
+
+@dataclass
+class MAEConfig:
+    """Masked autoencoder sizes (encoder ViT plus a lighter decoder)."""
+
+    patch_size: int = 16
+    embed_dim: int = 768
+    depth: int = 12
+    num_heads: int = 12
+    decoder_embed_dim: int = 512
+    decoder_depth: int = 8
+    decoder_num_heads: int = 16
+    mlp_ratio: float = 4.0
+    mask_ratio: float = 0.75
+
+
+@dataclass
+class ClassifierConfig:
+    """Anomaly classifier: a ViT with one input channel and one logit."""
+
+    patch_size: int = 16
+    embed_dim: int = 768
+    depth: int = 12
+    num_heads: int = 12
+    mlp_ratio: float = 4.0
+    # The reference code starts from the MAE encoder; the paper does not say so.
+    init_from_mae: bool = False
+    # "bce": one logit and binary cross-entropy (paper); "softmax": two logits and
+    # label-smoothed cross-entropy (reference code).
+    head: str = "bce"
+    label_smoothing: float = 0.1
+
+
+@dataclass
+class PseudoAbnormalConfig:
+    """Boxes whose intensity is scaled to fake a reconstruction failure (paper, Sec. 3.3)."""
+
+    min_boxes: int = 1
+    max_boxes: int = 10
+    # Box sides in pixels at ``reference_size``; scaled with the actual input size.
+    min_side: int = 10
+    max_side: int = 40
+    reference_size: int = 224
+    # "box": one beta per box (paper); "pixel": one beta per pixel (ablation; reference code).
+    beta_mode: str = "box"
+    beta_low: float = 0.0
+    beta_high: float = 1.0
+    # Centre every box on a foreground pixel; the paper places boxes anywhere in the image.
+    in_foreground: bool = False
+
+
+@dataclass
+class TrainConfig:
+    """Optimisation settings for both stages."""
+
+    mae_epochs: int = 100
+    classifier_epochs: int = 20
+    batch_size: int = 64
+    mae_lr: float = 1.5e-4
+    mae_weight_decay: float = 0.05
+    classifier_lr: float = 1e-3
+    classifier_weight_decay: float = 0.05
+    warmup_fraction: float = 0.05
+    reconstruction_passes: int = 4
+    validation_fraction: float = 0.2
+    target_fpr: float = 0.05
+    hflip: bool = True
+    seed: int = 0
+
+
+@dataclass
+class ModelConfig:
+    """Everything needed to rebuild and run a trained model; stored as ``config.json``."""
+
+    preset: str = "paper"
+    preprocess: PreprocessConfig = field(default_factory=PreprocessConfig)
+    mae: MAEConfig = field(default_factory=MAEConfig)
+    classifier: ClassifierConfig = field(default_factory=ClassifierConfig)
+    pseudo_abnormal: PseudoAbnormalConfig = field(default_factory=PseudoAbnormalConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    threshold: float | None = None
+    format_version: int = FORMAT_VERSION
+    versions: dict[str, str] = field(default_factory=dict)
+    training_summary: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> ModelConfig:
+        """Builds a config from JSON data, rejecting unknown or missing sections."""
+        sections = {
+            "preprocess": PreprocessConfig,
+            "mae": MAEConfig,
+            "classifier": ClassifierConfig,
+            "pseudo_abnormal": PseudoAbnormalConfig,
+            "train": TrainConfig,
+        }
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = set(data) - known
+        if unknown:
+            raise ValueError(f"unknown config keys {sorted(unknown)}")
+        kwargs: dict[str, Any] = dict(data)
+        for name, section in sections.items():
+            values = data.get(name, {})
+            names = {f.name for f in dataclasses.fields(section)}
+            extra = set(values) - names
+            if extra:
+                raise ValueError(f"unknown keys {sorted(extra)} in '{name}'")
+            kwargs[name] = section(**values)
+        return cls(**kwargs)
+
+
+def _preset(name: str, size: int, patch: int, enc: tuple[int, int, int], dec: tuple[int, int, int],
+            train: TrainConfig) -> ModelConfig:
+    dim, depth, heads = enc
+    ddim, ddepth, dheads = dec
+    return ModelConfig(
+        preset=name,
+        preprocess=PreprocessConfig(image_size=size),
+        mae=MAEConfig(patch_size=patch, embed_dim=dim, depth=depth, num_heads=heads,
+                      decoder_embed_dim=ddim, decoder_depth=ddepth, decoder_num_heads=dheads),
+        classifier=ClassifierConfig(patch_size=patch, embed_dim=dim, depth=depth, num_heads=heads),
+        train=train,
+    )
+
+
+def preset(name: str) -> ModelConfig:
+    """Returns a fresh config for ``tiny`` (tests, demo), ``small`` (CPU) or ``paper`` (ViT-B/16, 224 px)."""
+    if name == "tiny":
+        return _preset("tiny", 64, 8, (96, 4, 3), (64, 2, 4),
+                       TrainConfig(mae_epochs=100, classifier_epochs=40, batch_size=32, mae_lr=1e-3))
+    if name == "small":
+        return _preset("small", 128, 8, (192, 6, 3), (128, 2, 4),
+                       TrainConfig(mae_epochs=60, classifier_epochs=15, batch_size=64, mae_lr=1e-3))
+    if name == "paper":
+        return _preset("paper", 224, 16, (768, 12, 12), (512, 8, 16),
+                       TrainConfig(mae_epochs=1600, classifier_epochs=100, batch_size=64))
+    raise ValueError(f"unknown preset '{name}' (choose tiny, small or paper)")
+
+
+PRESETS = ("tiny", "small", "paper")

@@ -1,0 +1,216 @@
+"""Reading, validating, reorienting and atomically writing volumes with SimpleITK."""
+
+from __future__ import annotations
+
+import contextlib
+import gzip
+import os
+import struct
+import tempfile
+import zlib
+from collections.abc import Iterator
+from pathlib import Path
+from typing import IO
+
+import numpy as np
+import SimpleITK as sitk
+
+from .errors import MAEAnomalyError
+
+VOLUME_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd", ".img", ".hdr")
+# Scores run over slices of the LPS-oriented volume: index k grows from inferior to superior.
+CANONICAL = "LPS"
+
+
+def volume_name(path: str | Path) -> str:
+    """The file name without its volume extension (``case.nii.gz`` -> ``case``)."""
+    name = Path(path).name
+    for suffix in VOLUME_SUFFIXES:
+        if name.lower().endswith(suffix):
+            return name[: -len(suffix)]
+    return Path(name).stem or name
+
+
+_NIFTI_FLOAT_TYPES = {16: "f4", 64: "f8"}
+
+
+def _open_maybe_gzip(path: Path) -> IO[bytes]:
+    return gzip.open(path, "rb") if path.name.lower().endswith(".gz") else path.open("rb")
+
+
+def _check_gzip_stream(path: Path) -> None:
+    """ITK reads a truncated .gz silently (the missing voxels become zeros); decompressing it all detects it."""
+    try:
+        with gzip.open(path, "rb") as fh:
+            while fh.read(1 << 22):
+                pass
+    except (EOFError, OSError, zlib.error) as exc:
+        raise MAEAnomalyError(f"cannot read image (damaged or truncated compressed file: {exc})", path) from None
+
+
+def _nifti_has_nonfinite(path: Path) -> bool:
+    """ITK's NIfTI reader turns NaN into 0, so float NIfTI data are checked on the raw bytes."""
+    with _open_maybe_gzip(path) as fh:
+        header = fh.read(352)
+        if len(header) < 348:
+            return False
+        for endian in ("<", ">"):
+            if struct.unpack(f"{endian}i", header[:4])[0] == 348:
+                break
+        else:
+            return False
+        datatype = struct.unpack(f"{endian}h", header[70:72])[0]
+        if datatype not in _NIFTI_FLOAT_TYPES:
+            return False
+        offset = int(struct.unpack(f"{endian}f", header[108:112])[0])
+        fh.read(max(0, offset - len(header)))
+        dtype = np.dtype(endian + _NIFTI_FLOAT_TYPES[datatype])
+        while chunk := fh.read(1 << 22):
+            usable = len(chunk) - len(chunk) % dtype.itemsize
+            if not np.isfinite(np.frombuffer(chunk[:usable], dtype=dtype)).all():
+                return True
+    return False
+
+
+def _read_any(path: Path) -> sitk.Image:
+    if not path.exists():
+        raise MAEAnomalyError("file not found", path)
+    if path.is_dir():
+        reader = sitk.ImageSeriesReader()
+        series = reader.GetGDCMSeriesIDs(str(path))
+        if not series:
+            raise MAEAnomalyError("folder holds no DICOM series", path)
+        if len(series) > 1:
+            raise MAEAnomalyError(f"folder holds {len(series)} DICOM series; give a folder with one", path)
+        reader.SetFileNames(reader.GetGDCMSeriesFileNames(str(path), series[0]))
+        read = reader.Execute
+    else:
+        if path.name.lower().endswith(".gz"):
+            _check_gzip_stream(path)
+        if path.name.lower().endswith((".nii", ".nii.gz")) and _nifti_has_nonfinite(path):
+            raise MAEAnomalyError("image contains NaN or infinite voxels", path)
+
+        def read() -> sitk.Image:
+            return sitk.ReadImage(str(path))
+    try:
+        return read()
+    except RuntimeError as exc:
+        # ITK's message ends with the useful line, after the source location; drop the repeated path.
+        last = [ln.strip() for ln in str(exc).splitlines() if ln.strip()][-1:] or ["unknown error"]
+        reason = last[0].removeprefix("sitk::ERROR: ").replace(f' for "{path}"', "").replace(str(path), "file")
+        reason = reason[:160]
+        raise MAEAnomalyError(f"cannot read image ({reason})", path) from None
+
+
+def read_volume(path: str | Path, kind: str = "image") -> sitk.Image:
+    """Reads a 3D scalar volume as float32, rejecting anything that cannot be scored."""
+    path = Path(path)
+    image = _read_any(path)
+    dim = image.GetDimension()
+    if dim != 3:
+        raise MAEAnomalyError(f"{kind} is {dim}D; a 3D volume is needed", path)
+    if image.GetNumberOfComponentsPerPixel() != 1:
+        raise MAEAnomalyError(
+            f"{kind} has {image.GetNumberOfComponentsPerPixel()} components per voxel; a scalar volume is needed",
+            path)
+    image = sitk.Cast(image, sitk.sitkFloat32)
+    values = sitk.GetArrayViewFromImage(image)
+    if not np.isfinite(values).all():
+        raise MAEAnomalyError(f"{kind} contains NaN or infinite voxels", path)
+    if kind == "image" and values.min() == values.max():
+        raise MAEAnomalyError(f"image is constant (every voxel is {float(values.min()):g})", path)
+    return image
+
+
+def check_same_grid(image: sitk.Image, other: sitk.Image, other_path: str | Path, kind: str) -> None:
+    """Raises unless ``other`` lies on exactly the grid of ``image`` (within float tolerance)."""
+    problems = []
+    if image.GetSize() != other.GetSize():
+        problems.append(f"size {other.GetSize()} vs {image.GetSize()}")
+    elif not np.allclose(image.GetSpacing(), other.GetSpacing(), rtol=1e-4, atol=1e-5):
+        problems.append(f"spacing {other.GetSpacing()} vs {image.GetSpacing()}")
+    elif not np.allclose(image.GetOrigin(), other.GetOrigin(), atol=1e-3):
+        problems.append(f"origin {other.GetOrigin()} vs {image.GetOrigin()}")
+    elif not np.allclose(image.GetDirection(), other.GetDirection(), atol=1e-4):
+        problems.append("direction differs")
+    if problems:
+        raise MAEAnomalyError(f"{kind} grid differs from the image grid ({problems[0]})", other_path)
+
+
+def read_mask(path: str | Path, image: sitk.Image, kind: str = "mask") -> sitk.Image:
+    """Reads a mask or label map that must share ``image``'s grid; voxels > 0 count as set."""
+    mask = read_volume(path, kind=kind)
+    check_same_grid(image, mask, path, kind)
+    if kind == "mask" and not (sitk.GetArrayViewFromImage(mask) > 0).any():
+        raise MAEAnomalyError("mask is empty", path)
+    return mask
+
+
+def to_canonical(image: sitk.Image) -> sitk.Image:
+    """Permutes and flips axes (no resampling) so that array index [k] is an axial slice, inferior first."""
+    return sitk.DICOMOrient(image, CANONICAL)
+
+
+def from_canonical(array: np.ndarray, reference: sitk.Image) -> sitk.Image:
+    """Puts an array computed on ``to_canonical(reference)`` back onto ``reference``'s exact grid."""
+    code = sitk.DICOMOrientImageFilter.GetOrientationFromDirectionCosines(reference.GetDirection())
+    canonical = sitk.GetImageFromArray(array)
+    canonical.CopyInformation(to_canonical(reference))
+    restored = sitk.DICOMOrient(canonical, code)
+    restored.CopyInformation(reference)
+    return restored
+
+
+def slice_positions_mm(canonical: sitk.Image) -> np.ndarray:
+    """Superior world coordinate (mm) of the centre of each axial slice of a canonical image."""
+    nx, ny, nz = canonical.GetSize()
+    centre = ((nx - 1) / 2.0, (ny - 1) / 2.0)
+    return np.array([canonical.TransformContinuousIndexToPhysicalPoint((*centre, float(k)))[2]
+                     for k in range(nz)])
+
+
+@contextlib.contextmanager
+def atomic_outputs() -> Iterator[AtomicWriter]:
+    """Collects files written to temporary names and renames them all only if the block succeeds."""
+    writer = AtomicWriter()
+    try:
+        yield writer
+    except BaseException:
+        writer.discard()
+        raise
+    writer.commit()
+
+
+class AtomicWriter:
+    """Writes each output beside its destination under a temporary name; see ``atomic_outputs``."""
+
+    def __init__(self) -> None:
+        self._pending: list[tuple[Path, Path]] = []
+
+    def temp_path(self, destination: str | Path) -> Path:
+        destination = Path(destination)
+        destination.parent.mkdir(parents=True, exist_ok=True)
+        suffix = "".join(destination.suffixes[-2:]) if destination.name.endswith(".nii.gz") else destination.suffix
+        fd, tmp = tempfile.mkstemp(prefix=f".{destination.name}.", suffix=".tmp" + suffix, dir=destination.parent)
+        os.close(fd)
+        self._pending.append((Path(tmp), destination))
+        return Path(tmp)
+
+    def write_image(self, image: sitk.Image, destination: str | Path) -> None:
+        sitk.WriteImage(image, str(self.temp_path(destination)), useCompression=True)
+
+    def write_text(self, text: str, destination: str | Path) -> None:
+        self.temp_path(destination).write_text(text)
+
+    def write_bytes(self, data: bytes, destination: str | Path) -> None:
+        self.temp_path(destination).write_bytes(data)
+
+    def commit(self) -> None:
+        for tmp, destination in self._pending:
+            os.replace(tmp, destination)
+        self._pending.clear()
+
+    def discard(self) -> None:
+        for tmp, _ in self._pending:
+            tmp.unlink(missing_ok=True)
+        self._pending.clear()

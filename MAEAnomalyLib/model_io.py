@@ -1,0 +1,137 @@
+"""Model directories: ``config.json`` plus ``mae.safetensors`` and ``classifier.safetensors``.
+
+Loading validates everything and never unpickles anything.
+"""
+
+from __future__ import annotations
+
+import json
+import platform
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from .config import FORMAT_VERSION, ModelConfig
+from .errors import MAEAnomalyError
+from .io import atomic_outputs
+from .models import MaskedAutoencoder, build_classifier
+
+CONFIG_NAME = "config.json"
+WEIGHT_NAMES = ("mae", "classifier")
+_PICKLE_MAGICS = (b"\x80", b"PK\x03\x04")  # raw pickle protocol 2+, torch.save zip archive
+
+
+@dataclass
+class AnomalyModel:
+    """A trained (or in-training) model: its config and both networks."""
+
+    config: ModelConfig
+    mae: MaskedAutoencoder
+    classifier: nn.Module
+
+    @classmethod
+    def from_config(cls, config: ModelConfig) -> AnomalyModel:
+        size = config.preprocess.image_size
+        return cls(config, MaskedAutoencoder(config.mae, size), build_classifier(config.classifier, size))
+
+    def to(self, device: torch.device) -> AnomalyModel:
+        self.mae.to(device)
+        self.classifier.to(device)
+        return self
+
+    def eval(self) -> AnomalyModel:
+        self.mae.eval()
+        self.classifier.eval()
+        return self
+
+
+def library_versions() -> dict[str, str]:
+    import monai
+    import SimpleITK
+    import timm
+
+    from . import __version__
+
+    return {"maeanomaly": __version__, "torch": torch.__version__, "timm": timm.__version__,
+            "monai": monai.__version__, "SimpleITK": SimpleITK.Version_VersionString(),
+            "python": platform.python_version()}
+
+
+def save_model(model: AnomalyModel, directory: str | Path) -> None:
+    """Writes the model directory; every file appears at once, or none does."""
+    directory = Path(directory)
+    model.config.format_version = FORMAT_VERSION
+    model.config.versions = library_versions()
+    with atomic_outputs() as writer:
+        for name in WEIGHT_NAMES:
+            net = getattr(model, name)
+            state = {k: v.detach().cpu().contiguous() for k, v in net.state_dict().items()}
+            save_file(state, str(writer.temp_path(directory / f"{name}.safetensors")),
+                      metadata={"format_version": str(FORMAT_VERSION)})
+        writer.write_text(json.dumps(model.config.to_dict(), indent=2) + "\n", directory / CONFIG_NAME)
+
+
+def _looks_like_pickle(path: Path) -> bool:
+    with path.open("rb") as fh:
+        head = fh.read(4)
+    return any(head.startswith(magic) for magic in _PICKLE_MAGICS)
+
+
+def load_config(directory: str | Path) -> ModelConfig:
+    """Reads and checks ``config.json`` of a model directory."""
+    directory = Path(directory)
+    if not directory.exists():
+        raise MAEAnomalyError("model directory not found", directory)
+    if directory.is_file():
+        if _looks_like_pickle(directory):
+            raise MAEAnomalyError(
+                "is a pickle file; models are directories of config.json and .safetensors files "
+                "(pickles are never loaded)", directory)
+        raise MAEAnomalyError("is a file, not a model directory", directory)
+    path = directory / CONFIG_NAME
+    if not path.is_file():
+        raise MAEAnomalyError(f"not a model directory (no {CONFIG_NAME})", directory)
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (ValueError, UnicodeDecodeError):
+        raise MAEAnomalyError("model is damaged: config.json is not valid JSON", path) from None
+    if not isinstance(data, dict):
+        raise MAEAnomalyError("model is damaged: config.json does not hold an object", path)
+    version = data.get("format_version")
+    if version != FORMAT_VERSION:
+        raise MAEAnomalyError(
+            f"model format {version} is incompatible with this version of MAEAnomaly (format {FORMAT_VERSION})", path)
+    try:
+        return ModelConfig.from_dict(data)
+    except (TypeError, ValueError) as exc:
+        raise MAEAnomalyError(f"model is damaged: {exc}", path) from None
+
+
+def load_model(directory: str | Path) -> AnomalyModel:
+    """Loads a model directory for scoring; every tensor must match the config exactly."""
+    directory = Path(directory)
+    config = load_config(directory)
+    if config.threshold is None:
+        raise MAEAnomalyError("model has no calibrated threshold (training did not finish)", directory)
+    try:
+        model = AnomalyModel.from_config(config)
+    except (ValueError, TypeError) as exc:
+        raise MAEAnomalyError(f"model is damaged: {exc}", directory / CONFIG_NAME) from None
+    for name in WEIGHT_NAMES:
+        path = directory / f"{name}.safetensors"
+        if not path.is_file():
+            raise MAEAnomalyError("model is damaged: weights file is missing", path)
+        try:
+            state = load_file(str(path))
+        except (SafetensorError, OSError, ValueError) as exc:
+            raise MAEAnomalyError(f"model is damaged: unreadable weights ({exc})", path) from None
+        net = getattr(model, name)
+        expected = net.state_dict()
+        if set(state) != set(expected) or any(state[k].shape != expected[k].shape for k in expected):
+            raise MAEAnomalyError("model is damaged: weights do not match config.json", path)
+        net.load_state_dict(state)
+    return model.eval()

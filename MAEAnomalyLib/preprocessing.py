@@ -1,0 +1,127 @@
+"""One preprocessing path for training, scoring and evaluation: canonical axial slices, a foreground
+mask, robust normalisation inside it, and square padding plus resizing to the model's input size."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import SimpleITK as sitk
+import torch
+from monai.transforms import CenterSpatialCrop, Resize, ScaleIntensityRange, SpatialPad
+from monai.utils import convert_to_numpy, convert_to_tensor
+
+from .config import PreprocessConfig
+from .errors import MAEAnomalyError
+from .io import read_mask, read_volume, slice_positions_mm, to_canonical
+
+# A background plateau (skull-stripped or zero-filled data) covers at least this share of voxels.
+_PLATEAU_FRACTION = 0.2
+
+
+@dataclass
+class PreparedVolume:
+    """A volume on its canonical grid, as the networks see it."""
+
+    image: sitk.Image  # the input as read, on its own grid
+    canonical: sitk.Image  # reoriented so that array[k] is axial slice k, inferior first
+    slices: torch.Tensor  # (Z, 1, S, S) float32 in [0, 1], zero outside the foreground
+    foreground: torch.Tensor  # (Z, 1, S, S) bool, the mask at model resolution
+    foreground_input: np.ndarray  # (Z, Y, X) bool, the mask on the canonical grid
+    foreground_fraction: np.ndarray  # (Z,) share of each slice's voxels that are foreground
+    positions_mm: np.ndarray  # (Z,) superior world coordinate of each slice centre
+    labelled: np.ndarray | None  # (Z,) True where the label map has any voxel > 0
+    source: str
+
+    @property
+    def in_plane_shape(self) -> tuple[int, int]:
+        size = self.canonical.GetSize()
+        return size[1], size[0]
+
+
+def automatic_foreground(volume: np.ndarray) -> np.ndarray:
+    """Foreground of a (Z, Y, X) array: everything off a constant background plateau, else Otsu's
+    threshold cleaned to its largest connected component with holes filled."""
+    values, counts = np.unique(volume, return_counts=True)
+    top = counts.argmax()
+    if counts[top] >= _PLATEAU_FRACTION * volume.size:
+        return volume != values[top]
+    image = sitk.GetImageFromArray(volume.astype(np.float32))
+    mask = sitk.OtsuThreshold(image, 0, 1)
+    mask = sitk.BinaryMorphologicalOpening(mask, [1, 1, 1])
+    components = sitk.RelabelComponent(sitk.ConnectedComponent(mask), sortByObjectSize=True)
+    mask = sitk.BinaryFillhole(components == 1)
+    return sitk.GetArrayFromImage(mask).astype(bool)
+
+
+def normalise(volume: np.ndarray, foreground: np.ndarray, cfg: PreprocessConfig, source: str) -> np.ndarray:
+    """Maps the foreground's [lower, upper] percentiles to [0, 1], clips, and zeroes the background."""
+    if not foreground.any():
+        raise MAEAnomalyError("foreground mask is empty", source)
+    lo, hi = np.percentile(volume[foreground], [cfg.lower_percentile, cfg.upper_percentile])
+    if hi <= lo:
+        raise MAEAnomalyError("intensities inside the foreground are constant", source)
+    scaled = ScaleIntensityRange(a_min=float(lo), a_max=float(hi), b_min=0.0, b_max=1.0, clip=True)(volume)
+    return convert_to_numpy(scaled, dtype=np.float32) * foreground
+
+
+def _square(shape: tuple[int, int]) -> int:
+    return max(shape)
+
+
+def to_model_size(stack: np.ndarray, size: int, mode: str) -> torch.Tensor:
+    """(Z, Y, X) -> (Z, 1, size, size): pad symmetrically to a square, then resize."""
+    side = _square(stack.shape[1:])
+    padded = SpatialPad((side, side), method="symmetric")(torch.as_tensor(stack, dtype=torch.float32))
+    kwargs = {"anti_aliasing": False} if mode == "nearest" else {}
+    resized = Resize((size, size), mode=mode, **kwargs)(padded)
+    return convert_to_tensor(resized, track_meta=False).unsqueeze(1)
+
+
+def to_input_size(stack: torch.Tensor, in_plane: tuple[int, int]) -> np.ndarray:
+    """Inverse of ``to_model_size``: (Z, 1, S, S) -> (Z, Y, X) on the canonical grid."""
+    side = _square(in_plane)
+    resized = Resize((side, side), mode="bilinear")(stack[:, 0].float())
+    return convert_to_numpy(CenterSpatialCrop(in_plane)(resized), dtype=np.float32)
+
+
+def prepare_image(image: sitk.Image, cfg: PreprocessConfig, mask: sitk.Image | None = None,
+                  labels: sitk.Image | None = None, source: str = "image", min_pixels: int = 1) -> PreparedVolume:
+    """Prepares a float32 3D image (and optional mask and label map on its grid) for the networks."""
+    canonical = to_canonical(image)
+    nx, ny, _ = canonical.GetSize()
+    if min(nx, ny) < min_pixels:
+        raise MAEAnomalyError(
+            f"axial slices are {nx}x{ny} voxels, smaller than one {min_pixels}x{min_pixels} patch", source)
+    volume = sitk.GetArrayFromImage(canonical)
+    if mask is not None:
+        foreground = sitk.GetArrayFromImage(to_canonical(mask)) > 0
+        if not foreground.any():
+            raise MAEAnomalyError("mask is empty", source)
+    else:
+        foreground = automatic_foreground(volume)
+    labelled = None
+    if labels is not None:
+        labelled = (sitk.GetArrayFromImage(to_canonical(labels)) > 0).any(axis=(1, 2))
+    normalised = normalise(volume, foreground, cfg, source)
+    return PreparedVolume(
+        image=image,
+        canonical=canonical,
+        slices=to_model_size(normalised, cfg.image_size, mode="area"),
+        foreground=to_model_size(foreground.astype(np.float32), cfg.image_size, mode="nearest") > 0.5,
+        foreground_input=foreground,
+        foreground_fraction=foreground.mean(axis=(1, 2)),
+        positions_mm=slice_positions_mm(canonical),
+        labelled=labelled,
+        source=source,
+    )
+
+
+def prepare(image_path: str | Path, cfg: PreprocessConfig, mask_path: str | Path | None = None,
+            label_path: str | Path | None = None, min_pixels: int = 1) -> PreparedVolume:
+    """Reads an image (and optional mask and label map) and prepares it for the networks."""
+    image = read_volume(image_path)
+    mask = None if mask_path is None else read_mask(mask_path, image)
+    labels = None if label_path is None else read_mask(label_path, image, kind="label map")
+    return prepare_image(image, cfg, mask, labels, str(image_path), min_pixels)

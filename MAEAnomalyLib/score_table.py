@@ -1,0 +1,38 @@
+"""The per-slice score table's columns and its CSV form; torch-free so the Slicer logic can use it."""
+
+from __future__ import annotations
+
+import csv
+import io
+from pathlib import Path
+
+import numpy as np
+
+from .errors import MAEAnomalyError
+
+# One row per axial slice, inferior first; the CLI's CSV and the Slicer table share these columns.
+SCORE_COLUMNS = ("slice_index", "position_mm", "score", "mae_l1", "ssim", "intensity_p995",
+                 "foreground_fraction", "abnormal", "skipped")
+INTEGER_COLUMNS = ("slice_index", "abnormal", "skipped")
+
+
+def table_to_csv(table: dict[str, np.ndarray]) -> str:
+    """One row per slice; floats keep 9 significant digits."""
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(SCORE_COLUMNS)
+    for k in range(len(table["slice_index"])):
+        writer.writerow(int(table[c][k]) if c in INTEGER_COLUMNS else f"{float(table[c][k]):.9g}"
+                        for c in SCORE_COLUMNS)
+    return buffer.getvalue()
+
+
+def read_table_csv(path: str | Path) -> dict[str, np.ndarray]:
+    """Reads a CSV written by ``table_to_csv`` into one array per column."""
+    try:
+        with open(path, newline="") as fh:
+            rows = list(csv.DictReader(fh))
+        return {c: np.array([r[c] for r in rows], dtype=np.int64 if c in INTEGER_COLUMNS else np.float64)
+                for c in SCORE_COLUMNS}
+    except (OSError, KeyError, ValueError) as exc:
+        raise MAEAnomalyError(f"not a score table ({exc.__class__.__name__}: {exc})", path) from None

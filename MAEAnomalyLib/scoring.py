@@ -1,0 +1,116 @@
+"""Per-slice anomaly scores and the difference map for one volume."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+import SimpleITK as sitk
+import torch
+from monai.metrics.regression import compute_ssim_and_cs
+
+from .io import from_canonical
+from .model_io import AnomalyModel
+from .models.classifier import anomaly_probability
+from .preprocessing import PreparedVolume, prepare_image, to_input_size
+from .reconstruction import reconstruct
+from .runtime import autocast
+
+SSIM_KERNEL = 7
+SCORING_SEED = 0
+
+ProgressFn = Callable[[float], None]
+
+
+@dataclass
+class VolumeScores:
+    """The slice table, the difference map on the input's grid, and what the report needs."""
+
+    table: dict[str, np.ndarray]
+    difference: sitk.Image
+    threshold: float
+    prepared: PreparedVolume
+    difference_slices: torch.Tensor  # (Z, 1, S, S) at model resolution, for the report
+
+
+def masked_ssim(recon: torch.Tensor, original: torch.Tensor, foreground: torch.Tensor) -> torch.Tensor:
+    """Mean SSIM (data range 1) over the foreground of each (N, 1, S, S) slice; 1 where none is left."""
+    ssim_map, _ = compute_ssim_and_cs(recon.float(), original.float(), spatial_dims=2,
+                                      kernel_size=(SSIM_KERNEL, SSIM_KERNEL), kernel_sigma=(1.5, 1.5))
+    c = SSIM_KERNEL // 2
+    inner = foreground[..., c:-c, c:-c].float()
+    total = inner.sum(dim=(1, 2, 3))
+    mean = (ssim_map * inner).sum(dim=(1, 2, 3)) / total.clamp(min=1)
+    return torch.where(total > 0, mean, torch.ones_like(mean))
+
+
+def masked_mean(values: torch.Tensor, foreground: torch.Tensor) -> torch.Tensor:
+    fg = foreground.float()
+    return (values * fg).sum(dim=(1, 2, 3)) / fg.sum(dim=(1, 2, 3)).clamp(min=1)
+
+
+def intensity_p995(prepared: PreparedVolume) -> np.ndarray:
+    """Non-learned baseline: the 99.5th percentile of normalised intensity inside the foreground."""
+    out = np.zeros(len(prepared.foreground_fraction))
+    slices, fg = prepared.slices[:, 0].numpy(), prepared.foreground[:, 0].numpy()
+    for k in np.flatnonzero(fg.any(axis=(1, 2))):
+        out[k] = np.percentile(slices[k][fg[k]], 99.5)
+    return out
+
+
+@torch.inference_mode()
+def score_prepared(model: AnomalyModel, prepared: PreparedVolume, device: torch.device,
+                   batch_size: int = 32, progress: ProgressFn | None = None) -> VolumeScores:
+    """Scores every slice with foreground; slices without foreground are flagged and skipped."""
+    cfg = model.config
+    n = prepared.slices.shape[0]
+    skipped = prepared.foreground_fraction == 0
+    keep = np.flatnonzero(~skipped)
+    score, l1, ssim = np.zeros(n), np.zeros(n), np.ones(n)
+    diff = torch.zeros_like(prepared.slices)
+    generator = torch.Generator().manual_seed(SCORING_SEED)
+    for start in range(0, len(keep), batch_size):
+        idx = keep[start:start + batch_size]
+        images = prepared.slices[idx].to(device)
+        fg = prepared.foreground[idx].to(device)
+        with autocast(device):
+            recon = reconstruct(model.mae, images, cfg.train.reconstruction_passes, generator).float()
+            difference = (recon - images).abs()
+            probs = anomaly_probability(model.classifier(difference))
+        score[idx] = probs.cpu().numpy()
+        l1[idx] = masked_mean(difference, fg).cpu().numpy()
+        ssim[idx] = masked_ssim(recon, images, fg).cpu().numpy()
+        diff[idx] = (difference * fg).cpu()
+        if progress is not None:
+            progress(min(1.0, (start + len(idx)) / max(1, len(keep))))
+    threshold = float(cfg.threshold) if cfg.threshold is not None else float("inf")
+    table = {
+        "slice_index": np.arange(n),
+        "position_mm": prepared.positions_mm,
+        "score": score,
+        "mae_l1": l1,
+        "ssim": ssim,
+        "intensity_p995": intensity_p995(prepared),
+        "foreground_fraction": prepared.foreground_fraction,
+        "abnormal": ((score >= threshold) & ~skipped).astype(int),
+        "skipped": skipped.astype(int),
+    }
+    return VolumeScores(table, difference_image(diff, prepared), threshold, prepared, diff)
+
+
+def difference_image(diff: torch.Tensor, prepared: PreparedVolume) -> sitk.Image:
+    """Maps model-resolution differences onto the input grid, zero outside the foreground."""
+    on_canonical = to_input_size(diff, prepared.in_plane_shape)
+    on_canonical = np.clip(on_canonical, 0, None) * prepared.foreground_input
+    return from_canonical(on_canonical.astype(np.float32), prepared.image)
+
+
+def score_image(model: AnomalyModel, image: sitk.Image, mask: sitk.Image | None = None,
+                device: torch.device | None = None, batch_size: int = 32,
+                progress: ProgressFn | None = None, source: str = "image") -> VolumeScores:
+    """Prepares and scores an in-memory float32 3D image (and optional mask on its grid)."""
+    device = device or torch.device("cpu")
+    prepared = prepare_image(image, model.config.preprocess, mask, source=source,
+                             min_pixels=model.config.mae.patch_size)
+    return score_prepared(model.to(device), prepared, device, batch_size, progress)

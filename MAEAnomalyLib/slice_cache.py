@@ -1,0 +1,254 @@
+"""On-disk cache of prepared slices, so that large cohorts are preprocessed once and never held in memory.
+
+Each volume becomes ``<cache>/<key[:2]>/<key>/`` with ``slices.npy`` (all axial slices, (Z, 1, S, S)
+float32, read row by row through memory maps) and ``meta.json`` (per-slice foreground fraction and
+labelled flag). The key is a SHA-256 of the image, mask and label-map bytes and of the preprocessing
+settings, so an edited file or a changed setting gets a new entry instead of a stale one.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import hashlib
+import json
+import multiprocessing
+import os
+import shutil
+import signal
+import tempfile
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from multiprocessing.pool import Pool
+from pathlib import Path
+
+import numpy as np
+import SimpleITK as sitk
+import torch
+
+from .config import PreprocessConfig
+from .errors import MAEAnomalyError
+from .preprocessing import prepare
+
+CACHE_FORMAT = 1
+SLICES_NAME, META_NAME = "slices.npy", "meta.json"
+_CHUNK = 1 << 20
+
+
+def _blocks(path: Path) -> Iterator[bytes]:
+    with path.open("rb") as fh:
+        while block := fh.read(_CHUNK):
+            yield block
+
+
+def _data_files(header: Path) -> list[Path]:
+    """The files holding the voxels of a detached header (.mhd, .nhdr, Analyze .hdr/.img)."""
+    name = header.name.lower()
+    if name.endswith((".hdr", ".img")):
+        return [p for p in (header.with_suffix(".img"), header.with_suffix(".hdr")) if p != header and p.is_file()]
+    if not name.endswith((".mhd", ".nhdr")):
+        return []
+    fields = ("elementdatafile", "data file", "datafile")
+    found = []
+    for line in header.read_text(errors="replace").splitlines():
+        key, sep, value = line.partition("=" if name.endswith(".mhd") else ":")
+        if sep and key.strip().lower() in fields and value.strip() not in ("LOCAL", ""):
+            found.append(header.parent / value.strip())
+    # A LIST or a file pattern names several files: take every file that shares the header's stem.
+    listed = [p for p in found if p.is_file()]
+    if found and len(listed) < len(found):
+        listed += [p for p in header.parent.glob(header.stem + ".*") if p != header]
+    return sorted(set(listed))
+
+
+def content_digest(path: str | Path) -> str:
+    """SHA-256 of a file's bytes (with its detached voxel data), or of every file (with its relative
+    name) inside a DICOM folder."""
+    path = Path(path)
+    if not path.exists():
+        raise MAEAnomalyError("file not found", path)
+    digest = hashlib.sha256()
+    if path.is_dir():
+        named = [(p.relative_to(path).as_posix(), p) for p in sorted(p for p in path.rglob("*") if p.is_file())]
+    else:  # the content alone: a copy elsewhere finds the same entry
+        named = [("", p) for p in (path, *_data_files(path))]
+    for name, item in named:
+        digest.update(name.encode() + b"\0")
+        for block in _blocks(item):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def cache_key(image: str | Path, mask: str | Path | None, labels: str | Path | None, cfg: PreprocessConfig,
+              min_pixels: int) -> str:
+    """The entry name for one volume: its inputs' contents plus every setting that shapes the slices."""
+    settings = {"format": CACHE_FORMAT, "preprocess": dataclasses.asdict(cfg), "min_pixels": min_pixels}
+    parts = [json.dumps(settings, sort_keys=True)]
+    for role, path in (("image", image), ("mask", mask), ("labels", labels)):
+        parts.append(f"{role}={content_digest(path) if path is not None else '-'}")
+    return hashlib.sha256("\n".join(parts).encode()).hexdigest()
+
+
+@dataclass
+class CacheEntry:
+    """One cached volume: where its slices are and which of them may be trained on."""
+
+    directory: Path
+    foreground_fraction: np.ndarray  # (Z,)
+    labelled: np.ndarray | None  # (Z,) bool
+
+    @property
+    def slices_path(self) -> Path:
+        return self.directory / SLICES_NAME
+
+    def healthy_rows(self, min_foreground: float) -> np.ndarray:
+        """Slices with enough foreground and no labelled voxel (so pathological volumes can contribute)."""
+        keep = self.foreground_fraction >= min_foreground
+        if self.labelled is not None:
+            keep &= ~self.labelled
+        return np.flatnonzero(keep)
+
+
+class SliceCache:
+    """A cache directory for one preprocessing configuration (entries of other settings may share it)."""
+
+    def __init__(self, root: str | Path, cfg: PreprocessConfig, min_pixels: int) -> None:
+        self.root, self.cfg, self.min_pixels = Path(root), cfg, min_pixels
+        if self.root.exists() and not self.root.is_dir():
+            raise MAEAnomalyError("cache directory is a file", self.root)
+
+    def key(self, image: str | Path, mask: str | Path | None = None, labels: str | Path | None = None) -> str:
+        return cache_key(image, mask, labels, self.cfg, self.min_pixels)
+
+    def directory(self, key: str) -> Path:
+        return self.root / key[:2] / key
+
+    def load(self, key: str) -> CacheEntry | None:
+        """The entry for ``key``, or None when it has not been written (completely) yet."""
+        directory = self.directory(key)
+        try:
+            meta = json.loads((directory / META_NAME).read_text())
+        except FileNotFoundError:
+            return None
+        except (OSError, ValueError):
+            raise MAEAnomalyError("cache entry is damaged; delete it and run again", directory) from None
+        labelled = None if meta["labelled"] is None else np.asarray(meta["labelled"], dtype=bool)
+        return CacheEntry(directory, np.asarray(meta["foreground_fraction"], dtype=np.float64), labelled)
+
+    def ensure(self, key: str, image: str | Path, mask: str | Path | None = None,
+               labels: str | Path | None = None) -> CacheEntry:
+        """Loads the entry, preparing the volume and writing the entry first if needed."""
+        entry = self.load(key)
+        if entry is not None:
+            return entry
+        prepared = prepare(image, self.cfg, mask, labels, min_pixels=self.min_pixels)
+        final = self.directory(key)
+        final.parent.mkdir(parents=True, exist_ok=True)
+        # Written into a private folder and renamed as a whole: readers (and other ranks writing the
+        # same entry) never see a half-written one.
+        temp = Path(tempfile.mkdtemp(prefix=f".{key}.", dir=final.parent))
+        try:
+            np.save(temp / SLICES_NAME, prepared.slices.numpy().astype(np.float32, copy=False))
+            labelled = None if prepared.labelled is None else prepared.labelled.tolist()
+            meta = {"format": CACHE_FORMAT, "source": str(image), "shape": list(prepared.slices.shape),
+                    "foreground_fraction": prepared.foreground_fraction.tolist(), "labelled": labelled}
+            (temp / META_NAME).write_text(json.dumps(meta))
+            try:
+                os.rename(temp, final)
+            except OSError:
+                if self.load(key) is None:  # not a concurrent writer's finished entry: a real failure
+                    raise
+        finally:
+            shutil.rmtree(temp, ignore_errors=True)
+        entry = self.load(key)
+        assert entry is not None
+        return entry
+
+
+def prepare_entry(job: tuple[SliceCache, tuple[Path, Path | None, Path | None]]) -> str:
+    """Makes sure one volume (image, mask, label map) is cached; returns its key."""
+    cache, source = job
+    key = cache.key(*source)
+    cache.ensure(key, *source)
+    return key
+
+
+def _init_preparer() -> None:
+    # Out of the trainer's process group, and killable: the trainer handles SIGTERM and ends the pool.
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    os.setpgrp()
+    # One thread each: the pool already uses the cores.
+    torch.set_num_threads(1)
+    sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(1)
+
+
+@contextlib.contextmanager
+def preparation_pool(workers: int) -> Iterator[Pool | None]:
+    """Processes that prepare volumes in parallel (None for ``workers == 0``). They also keep the
+    memory that preprocessing fragments out of the trainer, whose heap DataLoader workers later share."""
+    if workers <= 0:
+        yield None
+        return
+    methods = multiprocessing.get_all_start_methods()
+    context = multiprocessing.get_context("fork" if "fork" in methods else None)
+    with context.Pool(workers, initializer=_init_preparer) as pool:
+        yield pool
+
+
+class RowReader:
+    """Reads single rows of ``.npy`` files through short-lived memory maps.
+
+    Each read maps only the pages of one row and unmaps them at once, so a pass over a cohort far
+    larger than memory leaves neither anonymous nor mapped memory behind.
+    """
+
+    def __init__(self) -> None:
+        self._layout: dict[str, tuple[int, tuple[int, ...], np.dtype]] = {}
+
+    def layout(self, path: str) -> tuple[int, tuple[int, ...], np.dtype]:
+        """(header bytes, shape, dtype) of a C-ordered ``.npy`` file."""
+        if path not in self._layout:
+            with open(path, "rb") as fh:
+                version = np.lib.format.read_magic(fh)
+                read_header = (np.lib.format.read_array_header_1_0 if version == (1, 0)
+                               else np.lib.format.read_array_header_2_0)
+                shape, fortran, dtype = read_header(fh)
+                if fortran:
+                    raise MAEAnomalyError("cached array is not C-ordered; delete the cache", path)
+                self._layout[path] = (fh.tell(), shape, dtype)
+        return self._layout[path]
+
+    def read(self, path: str, row: int) -> torch.Tensor:
+        offset, shape, dtype = self.layout(path)
+        row_shape = shape[1:]
+        row_bytes = int(np.prod(row_shape)) * dtype.itemsize
+        mapped = np.memmap(path, dtype=dtype, mode="r", offset=offset + row * row_bytes, shape=row_shape)
+        values = np.array(mapped)
+        del mapped
+        return torch.from_numpy(values)
+
+
+class SliceRows:
+    """A list of cached slices (file and row of each), readable by index from any worker process."""
+
+    def __init__(self, entries: Sequence[CacheEntry], min_foreground: float) -> None:
+        self.files = [str(e.slices_path) for e in entries]
+        chosen = [e.healthy_rows(min_foreground) for e in entries]
+        self.volume = np.concatenate([np.full(len(r), i, dtype=np.int64) for i, r in enumerate(chosen)]
+                                     or [np.zeros(0, dtype=np.int64)])
+        self.row = np.concatenate(chosen or [np.zeros(0, dtype=np.int64)]).astype(np.int64)
+        self.reader = RowReader()
+
+    def __len__(self) -> int:
+        return len(self.row)
+
+    def read(self, index: int) -> torch.Tensor:
+        """Slice ``index`` as a (1, S, S) float32 tensor."""
+        return self.reader.read(self.files[self.volume[index]], int(self.row[index]))
+
+    def nbytes(self) -> int:
+        """What holding all of these slices in memory would take."""
+        if not len(self):
+            return 0
+        _, shape, dtype = self.reader.layout(self.files[0])
+        return len(self) * int(np.prod(shape[1:])) * dtype.itemsize

@@ -1,0 +1,34 @@
+"""Shared fixtures: a generated cohort and one small trained model for the whole session."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+from MAEAnomalyLib.config import preset
+from MAEAnomalyLib.runtime import resolve_device
+from MAEAnomalyLib.synthetic import write_cohort
+from MAEAnomalyLib.training import train
+
+# Two cores on CI: the default thread count oversubscribes when pytest and torch share them.
+torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+
+
+@pytest.fixture(scope="session")
+def cohort(tmp_path_factory: pytest.TempPathFactory) -> dict[str, list[tuple[Path, Path, Path]]]:
+    """10 healthy and 3 lesioned generated subjects as (image, brain mask, label) paths."""
+    healthy, lesioned = write_cohort(tmp_path_factory.mktemp("cohort"), healthy=10, lesioned=3, seed=0)
+    return {"healthy": healthy, "lesioned": lesioned}
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(cohort: dict, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A trained and calibrated ``tiny`` model (default epochs) on the healthy subjects."""
+    out = tmp_path_factory.mktemp("model") / "tiny"
+    healthy = cohort["healthy"]
+    train([h[0] for h in healthy], out, preset("tiny"), resolve_device("cpu"), masks=[h[1] for h in healthy],
+          log=lambda _: None, show_progress=False)
+    return out

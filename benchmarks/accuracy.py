@@ -1,0 +1,138 @@
+"""Slice-level accuracy on real data, through the public CLI API.
+
+BraTS-2015 FLAIR (train on the tumour-free slices of pat0001-pat0004, test on every slice of
+pat0005-pat0006) and, with --ixi, the false-positive rate at the stored threshold on unseen healthy
+IXI T1 volumes. Usage:
+
+    python benchmarks/accuracy.py ../shared/data [--preset small] [--mae-epochs N] [--classifier-epochs N]
+
+Skips with a message (exit 0) when the data folder is absent.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+from MAEAnomalyLib.cli import evaluate_cohort, main
+from MAEAnomalyLib.evaluation import format_metrics
+
+TRAIN_CASES = ("pat0001", "pat0002", "pat0003", "pat0004")
+TEST_CASES = ("pat0005", "pat0006")
+
+
+def run_cli(args: list[str]) -> None:
+    code = main(args)
+    if code:
+        sys.exit(code)
+
+
+def brats(data: Path, work: Path, args: argparse.Namespace) -> dict:
+    root = data / "brats2015"
+    model = work / f"brats_{args.preset}"
+
+    def files(cases: tuple[str, ...], name: str) -> list[str]:
+        return [str(root / c / name) for c in cases]
+
+    start = time.perf_counter()
+    train = ["train", "--preset", args.preset, "--out", str(model), "--device", args.device,
+             "--images", *files(TRAIN_CASES, "flair.nii.gz"), "--masks", *files(TRAIN_CASES, "brainmask.nii.gz"),
+             "--labels", *files(TRAIN_CASES, "seg.nii.gz")]
+    for flag in ("mae_epochs", "classifier_epochs"):
+        if getattr(args, flag) is not None:
+            train += [f"--{flag.replace('_', '-')}", str(getattr(args, flag))]
+    for setting in args.set or []:
+        train += ["--set", setting]
+    if (model / "config.json").exists():
+        print(f"reusing the trained model in {model}", file=sys.stderr)
+    else:
+        run_cli(train + (["--resume"] if (model / "checkpoint").exists() else []))
+    train_seconds = time.perf_counter() - start
+    metrics = evaluate_cohort(model, files(TEST_CASES, "flair.nii.gz"), files(TEST_CASES, "seg.nii.gz"),
+                              files(TEST_CASES, "brainmask.nii.gz"), args.device)
+    summary = json.loads((model / "config.json").read_text())["training_summary"]
+    metrics["train_seconds_this_run"] = round(train_seconds, 1)
+    metrics["train_seconds_recorded"] = summary.get("train_seconds")
+    return metrics
+
+
+def ixi(data: Path, work: Path, args: argparse.Namespace) -> dict:
+    """Trains on the first --ixi-train healthy IXI volumes; scores the rest; reports the FPR."""
+    from MAEAnomalyLib.model_io import load_model
+    from MAEAnomalyLib.preprocessing import prepare
+    from MAEAnomalyLib.runtime import resolve_device
+    from MAEAnomalyLib.scoring import score_prepared
+
+    root = data / "ixi-t1"
+    images = sorted(root.glob("IXI*_T1.nii.gz"))
+    masks = [p.with_name(p.name.replace("_T1", "_brainmask")) for p in images]
+    n = args.ixi_train
+    model_dir = work / f"ixi_{args.preset}"
+    if not (model_dir / "config.json").exists():
+        train = ["train", "--preset", args.preset, "--out", str(model_dir), "--device", args.device,
+                 "--images", *map(str, images[:n]), "--masks", *map(str, masks[:n])]
+        for flag in ("mae_epochs", "classifier_epochs"):
+            if getattr(args, flag) is not None:
+                train += [f"--{flag.replace('_', '-')}", str(getattr(args, flag))]
+        run_cli(train + (["--resume"] if (model_dir / "checkpoint").exists() else []))
+    model = load_model(model_dir)
+    device = resolve_device(args.device)
+    model.to(device)
+    flagged = total = 0
+    volumes_flagged = 0
+    for image, mask in zip(images[n:], masks[n:], strict=True):
+        prepared = prepare(image, model.config.preprocess, mask, min_pixels=model.config.mae.patch_size)
+        table = score_prepared(model, prepared, device).table
+        usable = table["skipped"] == 0
+        flagged += int(table["abnormal"][usable].sum())
+        total += int(usable.sum())
+        volumes_flagged += int(table["abnormal"].any())
+    return {"unseen_volumes": len(images) - n, "slices": total, "flagged_slices": flagged,
+            "false_positive_rate": flagged / max(1, total), "volumes_with_a_flagged_slice": volumes_flagged,
+            "target_fpr": model.config.train.target_fpr}
+
+
+def main_cli() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("data", nargs="?", default=os.environ.get("MAEANOMALY_DATA", "../shared/data"))
+    parser.add_argument("--work", default="benchmark_runs", help="where models are written (reused if present)")
+    parser.add_argument("--preset", default="small", choices=("tiny", "small", "paper"))
+    parser.add_argument("--mae-epochs", type=int)
+    parser.add_argument("--classifier-epochs", type=int)
+    parser.add_argument("--set", action="append")
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--ixi", action="store_true", help="also run the IXI cross-dataset false-positive check")
+    parser.add_argument("--ixi-train", type=int, default=30)
+    parser.add_argument("--json", help="write all results to this file")
+    args = parser.parse_args()
+    data = Path(args.data)
+    if not (data / "brats2015").is_dir():
+        print(f"skipped: no real data at {data} (pass DATA_DIR or set MAEANOMALY_DATA)")
+        return 0
+    work = Path(args.work)
+    work.mkdir(parents=True, exist_ok=True)
+    results: dict = {"preset": args.preset, "machine": f"{platform.processor() or platform.machine()}, "
+                     f"{os.cpu_count()} cores", "brats": brats(data, work, args)}
+    print(f"\nBraTS-2015 FLAIR, train pat0001-0004 (tumour-free slices), test pat0005-0006; preset {args.preset}")
+    print(format_metrics({k: v for k, v in results["brats"].items() if k.endswith("_slices")}))
+    print(f"training time: {results['brats']['train_seconds_recorded']} s (recorded in the model)")
+    if args.ixi:
+        results["ixi"] = ixi(data, work, args)
+        r = results["ixi"]
+        print(f"\nIXI T1, {r['unseen_volumes']} unseen healthy volumes: {r['flagged_slices']} of {r['slices']} "
+              f"brain slices flagged (FPR {r['false_positive_rate']:.3f}; target {r['target_fpr']}), "
+              f"{r['volumes_with_a_flagged_slice']} volumes with at least one flagged slice")
+    if args.json:
+        Path(args.json).write_text(json.dumps(results, indent=2, default=lambda o: np.asarray(o).tolist()) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main_cli())
