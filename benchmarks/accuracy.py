@@ -5,6 +5,7 @@ pat0005-pat0006) and, with --ixi, the false-positive rate at the stored threshol
 IXI T1 volumes. Usage:
 
     python benchmarks/accuracy.py ../shared/data [--preset small] [--mae-epochs N] [--classifier-epochs N]
+                                  [--batch-size N] [--max-minutes M] [--set SECTION.FIELD=VALUE] [--ixi]
 
 Skips with a message (exit 0) when the data folder is absent.
 """
@@ -34,6 +35,17 @@ def run_cli(args: list[str]) -> None:
         sys.exit(code)
 
 
+def training_flags(args: argparse.Namespace) -> list[str]:
+    """The optional ``maeanomaly train`` flags this benchmark passes on."""
+    flags = []
+    for name in ("mae_epochs", "classifier_epochs", "batch_size", "max_minutes"):
+        if getattr(args, name) is not None:
+            flags += [f"--{name.replace('_', '-')}", str(getattr(args, name))]
+    for setting in args.set or []:
+        flags += ["--set", setting]
+    return flags
+
+
 def brats(data: Path, work: Path, args: argparse.Namespace) -> dict:
     root = data / "brats2015"
     model = work / f"brats_{args.preset}"
@@ -44,12 +56,7 @@ def brats(data: Path, work: Path, args: argparse.Namespace) -> dict:
     start = time.perf_counter()
     train = ["train", "--preset", args.preset, "--out", str(model), "--device", args.device,
              "--images", *files(TRAIN_CASES, "flair.nii.gz"), "--masks", *files(TRAIN_CASES, "brainmask.nii.gz"),
-             "--labels", *files(TRAIN_CASES, "seg.nii.gz")]
-    for flag in ("mae_epochs", "classifier_epochs"):
-        if getattr(args, flag) is not None:
-            train += [f"--{flag.replace('_', '-')}", str(getattr(args, flag))]
-    for setting in args.set or []:
-        train += ["--set", setting]
+             "--labels", *files(TRAIN_CASES, "seg.nii.gz"), *training_flags(args)]
     if (model / "config.json").exists():
         print(f"reusing the trained model in {model}", file=sys.stderr)
     else:
@@ -77,10 +84,7 @@ def ixi(data: Path, work: Path, args: argparse.Namespace) -> dict:
     model_dir = work / f"ixi_{args.preset}"
     if not (model_dir / "config.json").exists():
         train = ["train", "--preset", args.preset, "--out", str(model_dir), "--device", args.device,
-                 "--images", *map(str, images[:n]), "--masks", *map(str, masks[:n])]
-        for flag in ("mae_epochs", "classifier_epochs"):
-            if getattr(args, flag) is not None:
-                train += [f"--{flag.replace('_', '-')}", str(getattr(args, flag))]
+                 "--images", *map(str, images[:n]), "--masks", *map(str, masks[:n]), *training_flags(args)]
         run_cli(train + (["--resume"] if (model_dir / "checkpoint").exists() else []))
     model = load_model(model_dir)
     device = resolve_device(args.device)
@@ -106,6 +110,8 @@ def main_cli() -> int:
     parser.add_argument("--preset", default="small", choices=("tiny", "small", "paper"))
     parser.add_argument("--mae-epochs", type=int)
     parser.add_argument("--classifier-epochs", type=int)
+    parser.add_argument("--batch-size", type=int)
+    parser.add_argument("--max-minutes", type=float, help="training time budget for each model")
     parser.add_argument("--set", action="append")
     parser.add_argument("--device", default="auto")
     parser.add_argument("--ixi", action="store_true", help="also run the IXI cross-dataset false-positive check")
