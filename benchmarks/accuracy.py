@@ -46,6 +46,14 @@ def training_flags(args: argparse.Namespace) -> list[str]:
     return flags
 
 
+def train_once(model: Path, train: list[str]) -> None:
+    """Runs ``maeanomaly train`` unless ``model`` is already trained; resumes an interrupted run."""
+    if (model / "config.json").exists():
+        print(f"reusing the trained model in {model}", file=sys.stderr)
+    else:
+        run_cli(train + (["--resume"] if (model / "checkpoint").exists() else []))
+
+
 def brats(data: Path, work: Path, args: argparse.Namespace) -> dict:
     root = data / "brats2015"
     model = work / f"brats_{args.preset}"
@@ -57,10 +65,7 @@ def brats(data: Path, work: Path, args: argparse.Namespace) -> dict:
     train = ["train", "--preset", args.preset, "--out", str(model), "--device", args.device,
              "--images", *files(TRAIN_CASES, "flair.nii.gz"), "--masks", *files(TRAIN_CASES, "brainmask.nii.gz"),
              "--labels", *files(TRAIN_CASES, "seg.nii.gz"), *training_flags(args)]
-    if (model / "config.json").exists():
-        print(f"reusing the trained model in {model}", file=sys.stderr)
-    else:
-        run_cli(train + (["--resume"] if (model / "checkpoint").exists() else []))
+    train_once(model, train)
     train_seconds = time.perf_counter() - start
     metrics = evaluate_cohort(model, files(TEST_CASES, "flair.nii.gz"), files(TEST_CASES, "seg.nii.gz"),
                               files(TEST_CASES, "brainmask.nii.gz"), args.device)
@@ -82,10 +87,8 @@ def ixi(data: Path, work: Path, args: argparse.Namespace) -> dict:
     masks = [p.with_name(p.name.replace("_T1", "_brainmask")) for p in images]
     n = args.ixi_train
     model_dir = work / f"ixi_{args.preset}"
-    if not (model_dir / "config.json").exists():
-        train = ["train", "--preset", args.preset, "--out", str(model_dir), "--device", args.device,
-                 "--images", *map(str, images[:n]), "--masks", *map(str, masks[:n]), *training_flags(args)]
-        run_cli(train + (["--resume"] if (model_dir / "checkpoint").exists() else []))
+    train_once(model_dir, ["train", "--preset", args.preset, "--out", str(model_dir), "--device", args.device,
+                           "--images", *map(str, images[:n]), "--masks", *map(str, masks[:n]), *training_flags(args)])
     model = load_model(model_dir)
     device = resolve_device(args.device)
     model.to(device)
