@@ -11,7 +11,7 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from .config import PRESETS, ModelConfig, preset
+from .config import CHOICES, PRESETS, ModelConfig, preset
 from .errors import MAEAnomalyError
 
 DEMO_MARKER = ".maeanomaly-demo"
@@ -39,6 +39,9 @@ def apply_overrides(cfg: ModelConfig, overrides: Sequence[str]) -> None:
                 value = type(current)(raw)
         except ValueError:
             raise MAEAnomalyError(f"--set {item}: '{raw}' is not a valid {type(current).__name__}") from None
+        choices = CHOICES.get((section_name, field_name))
+        if choices and value not in choices:
+            raise MAEAnomalyError(f"--set {item}: choose {' or '.join(choices)}")
         setattr(section, field_name, value)
 
 
@@ -104,6 +107,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     for name in ("mae_epochs", "classifier_epochs", "batch_size", "seed"):
         if getattr(args, name) is not None:
             setattr(tc, name, getattr(args, name))
+    if args.batch_size is not None:  # both stages; --set train.classifier_batch_size=N sets the classifier's
+        tc.classifier_batch_size = args.batch_size
     apply_overrides(cfg, args.set or [])
     if args.workers < 0:
         raise MAEAnomalyError(f"--workers {args.workers}: give 0 (load in the main process) or more")
@@ -118,7 +123,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     log(f"preset {cfg.preset}: {cfg.preprocess.image_size} px, MAE {tc.mae_epochs} epochs, "
         f"classifier {tc.classifier_epochs} epochs, {len(images)} volumes, device {device.type}")
     try:
-        train(images, out, cfg, device, masks, labels, args.resume, log=log, options=options)
+        train(images, out, cfg, device, masks, labels, args.resume, log=log, options=options,
+              mae_from=Path(args.mae_from) if args.mae_from else None)
     except TrainingInterrupted as exc:
         log(f"maeanomaly: {exc}")
         return 143  # 128 + SIGTERM, as schedulers expect from a terminated job
@@ -250,7 +256,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--preset", choices=PRESETS, default="small")
     p.add_argument("--mae-epochs", type=int)
     p.add_argument("--classifier-epochs", type=int)
-    p.add_argument("--batch-size", type=int)
+    p.add_argument("--batch-size", type=int, help="slices per batch in both stages (default: the preset's)")
     p.add_argument("--seed", type=int)
     p.add_argument("--set", action="append", metavar="SECTION.FIELD=VALUE",
                    help="override any config field, e.g. pseudo_abnormal.beta_mode=pixel (repeatable)")
@@ -260,6 +266,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--cache-dir", help="slice cache folder, shareable between runs (default: <out>/slice_cache)")
     p.add_argument("--max-minutes", type=float,
                    help="time budget: end each stage early (after at least one epoch) to finish in about this time")
+    p.add_argument("--mae-from", metavar="MODEL_DIR",
+                   help="take the MAE from this trained model and train only the classifier")
     p.add_argument("--compile", action="store_true",
                    help="torch.compile the training step (minutes to compile; pays off in long GPU runs)")
     p.set_defaults(func=cmd_train)

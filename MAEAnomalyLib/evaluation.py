@@ -3,10 +3,41 @@
 from __future__ import annotations
 
 import numpy as np
+from scipy.stats import rankdata
 from sklearn.metrics import average_precision_score, roc_auc_score
 
-# Each score column and the sign that makes larger mean "more anomalous".
-SCORES = {"score": 1.0, "mae_l1": 1.0, "ssim": -1.0, "intensity_p995": 1.0}
+# Each score column and the sign that makes larger mean "more anomalous". foreground_fraction is no
+# detector: it shows how much of an AUROC the slice's brain area alone explains (tumours sit in large
+# mid-brain slices, healthy slices include the small top and bottom ones).
+SCORES = {"score": 1.0, "mae_l1": 1.0, "ssim": -1.0, "intensity_p995": 1.0, "foreground_fraction": 1.0}
+LABELS = {"ssim": "1 - ssim", "foreground_fraction": "foreground area"}
+BOOTSTRAP_SAMPLES = 2000
+
+
+def _auroc_rows(truth: np.ndarray, values: np.ndarray) -> np.ndarray:
+    """AUROC of every row of (B, N) values against (B, N) bool truth (Mann-Whitney, ties averaged)."""
+    ranks = rankdata(values, axis=1)
+    n1 = truth.sum(axis=1)
+    return ((ranks * truth).sum(axis=1) - n1 * (n1 + 1) / 2) / (n1 * (truth.shape[1] - n1))
+
+
+def auroc_difference(truth: np.ndarray, a: np.ndarray, b: np.ndarray, samples: int = BOOTSTRAP_SAMPLES,
+                     seed: int = 0) -> dict:
+    """AUROC(a) − AUROC(b) on the same slices, with a 95 % paired bootstrap interval over slices.
+
+    Slices of one volume are correlated, so the interval is narrower than one over subjects would be.
+    """
+    rng = np.random.default_rng(seed)
+    truth = truth.astype(bool)
+    differences = []
+    for start in range(0, samples, 100):  # in chunks: a cohort's slices times the samples can be large
+        index = rng.integers(0, len(truth), (min(100, samples - start), len(truth)))
+        y = truth[index]
+        keep = (y.sum(axis=1) > 0) & (y.sum(axis=1) < len(truth))  # resamples with both classes
+        index, y = index[keep], y[keep]
+        differences.append(_auroc_rows(y, a[index]) - _auroc_rows(y, b[index]))
+    low, high = np.percentile(np.concatenate(differences), [2.5, 97.5])
+    return {"difference": float(roc_auc_score(truth, a) - roc_auc_score(truth, b)), "ci95": [float(low), float(high)]}
 
 
 def slice_metrics(tables: list[dict[str, np.ndarray]], labelled: list[np.ndarray]) -> dict:
@@ -25,6 +56,9 @@ def slice_metrics(tables: list[dict[str, np.ndarray]], labelled: list[np.ndarray
                                "auprc": float(average_precision_score(y, values))}
             else:
                 entry[name] = {"auroc": None, "auprc": None}
+        if 0 < y.sum() < len(y):
+            entry["score_minus"] = {name: auroc_difference(y, pooled["score"][chosen], sign * pooled[name][chosen])
+                                    for name, sign in SCORES.items() if name != "score"}
         out[subset] = entry
     return out
 
@@ -37,6 +71,12 @@ def format_metrics(metrics: dict) -> str:
             auroc, auprc = entry[name]["auroc"], entry[name]["auprc"]
             def fmt(v):
                 return (f"{v:8.3f}" if v is not None else f"{'n/a':>8}")
-            label = "1 - ssim" if name == "ssim" else name
+            label = LABELS.get(name, name)
             lines.append(f"{subset:<18}{label:<16}{fmt(auroc)}{fmt(auprc)}   {entry['slices']} ({entry['abnormal']})")
+    if any("score_minus" in entry for entry in metrics.values()):
+        lines.append("AUROC of score minus each other score, with a 95 % paired bootstrap interval over slices:")
+    for subset, entry in metrics.items():
+        for name, d in entry.get("score_minus", {}).items():
+            low, high = d["ci95"]
+            lines.append(f"{subset:<18}{LABELS.get(name, name):<16}{d['difference']:+8.3f}   [{low:+.3f}, {high:+.3f}]")
     return "\n".join(lines)

@@ -12,7 +12,7 @@ from monai.metrics.regression import compute_ssim_and_cs
 
 from .io import from_canonical
 from .model_io import AnomalyModel
-from .models.classifier import anomaly_probability
+from .models.classifier import anomaly_probability, classifier_input
 from .preprocessing import PreparedVolume, prepare_image, to_input_size
 from .reconstruction import reconstruct
 from .runtime import autocast
@@ -77,7 +77,7 @@ def score_prepared(model: AnomalyModel, prepared: PreparedVolume, device: torch.
         with autocast(device):
             recon = reconstruct(model.mae, images, cfg.train.reconstruction_passes, generator).float()
             difference = (recon - images).abs()
-            probs = anomaly_probability(model.classifier(difference))
+            probs = anomaly_probability(model.classifier(classifier_input(recon, images, fg, cfg.classifier)))
         score[idx] = probs.cpu().numpy()
         l1[idx] = masked_mean(difference, fg).cpu().numpy()
         ssim[idx] = masked_ssim(recon, images, fg).cpu().numpy()

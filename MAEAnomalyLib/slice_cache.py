@@ -1,9 +1,10 @@
 """On-disk cache of prepared slices, so that large cohorts are preprocessed once and never held in memory.
 
 Each volume becomes ``<cache>/<key[:2]>/<key>/`` with ``slices.npy`` (all axial slices, (Z, 1, S, S)
-float32, read row by row through memory maps) and ``meta.json`` (per-slice foreground fraction and
-labelled flag). The key is a SHA-256 of the image, mask and label-map bytes and of the preprocessing
-settings, so an edited file or a changed setting gets a new entry instead of a stale one.
+float32, read row by row through memory maps), ``foreground.npy`` (the foreground mask at the same
+resolution, uint8) and ``meta.json`` (per-slice foreground fraction and labelled flag). The key is a
+SHA-256 of the image, mask and label-map bytes and of the preprocessing settings, so an edited file or
+a changed setting gets a new entry instead of a stale one.
 """
 
 from __future__ import annotations
@@ -30,8 +31,8 @@ from .config import PreprocessConfig
 from .errors import MAEAnomalyError
 from .preprocessing import prepare
 
-CACHE_FORMAT = 1
-SLICES_NAME, META_NAME = "slices.npy", "meta.json"
+CACHE_FORMAT = 2
+SLICES_NAME, FOREGROUND_NAME, META_NAME = "slices.npy", "foreground.npy", "meta.json"
 _CHUNK = 1 << 20
 
 
@@ -101,6 +102,10 @@ class CacheEntry:
     def slices_path(self) -> Path:
         return self.directory / SLICES_NAME
 
+    @property
+    def foreground_path(self) -> Path:
+        return self.directory / FOREGROUND_NAME
+
     def healthy_rows(self, min_foreground: float) -> np.ndarray:
         """Slices with enough foreground and no labelled voxel (so pathological volumes can contribute)."""
         keep = self.foreground_fraction >= min_foreground
@@ -149,6 +154,7 @@ class SliceCache:
         temp = Path(tempfile.mkdtemp(prefix=f".{key}.", dir=final.parent))
         try:
             np.save(temp / SLICES_NAME, prepared.slices.numpy().astype(np.float32, copy=False))
+            np.save(temp / FOREGROUND_NAME, prepared.foreground.numpy().astype(np.uint8))
             labelled = None if prepared.labelled is None else prepared.labelled.tolist()
             meta = {"format": CACHE_FORMAT, "source": str(image), "shape": list(prepared.slices.shape),
                     "foreground_fraction": prepared.foreground_fraction.tolist(), "labelled": labelled}
@@ -233,6 +239,7 @@ class SliceRows:
 
     def __init__(self, entries: Sequence[CacheEntry], min_foreground: float) -> None:
         self.files = [str(e.slices_path) for e in entries]
+        self.foreground_files = [str(e.foreground_path) for e in entries]
         chosen = [e.healthy_rows(min_foreground) for e in entries]
         self.volume = np.concatenate([np.full(len(r), i, dtype=np.int64) for i, r in enumerate(chosen)]
                                      or [np.zeros(0, dtype=np.int64)])
@@ -245,6 +252,10 @@ class SliceRows:
     def read(self, index: int) -> torch.Tensor:
         """Slice ``index`` as a (1, S, S) float32 tensor."""
         return self.reader.read(self.files[self.volume[index]], int(self.row[index]))
+
+    def read_foreground(self, index: int) -> torch.Tensor:
+        """The foreground mask of slice ``index`` as a (1, S, S) bool tensor."""
+        return self.reader.read(self.foreground_files[self.volume[index]], int(self.row[index])).bool()
 
     def nbytes(self) -> int:
         """What holding all of these slices in memory would take."""

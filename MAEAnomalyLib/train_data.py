@@ -20,7 +20,8 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset, Sampler
 
-from .config import PseudoAbnormalConfig
+from .config import ClassifierConfig, PseudoAbnormalConfig
+from .models.classifier import classifier_input
 from .pseudo_abnormal import make_pseudo_abnormal
 from .slice_cache import RowReader, SliceRows
 
@@ -124,11 +125,12 @@ class MAESamples(Dataset):
 
 
 class ClassifierSamples(Dataset):
-    """Pairs (|recon − original|, |pseudo-abnormal recon − original|): a negative and a positive input."""
+    """Pairs (|recon − original|, |pseudo-abnormal recon − original|): a negative and a positive input,
+    both made exactly as scoring makes the classifier's input."""
 
-    def __init__(self, rows: SliceRows, recons: ReconStore, cfg: PseudoAbnormalConfig, seed: int, purpose: str,
-                 hflip: bool) -> None:
-        self.rows, self.recons, self.cfg = rows, recons, cfg
+    def __init__(self, rows: SliceRows, recons: ReconStore, cfg: PseudoAbnormalConfig, classifier: ClassifierConfig,
+                 seed: int, purpose: str, hflip: bool) -> None:
+        self.rows, self.recons, self.cfg, self.classifier = rows, recons, cfg, classifier
         self.seed, self.purpose, self.hflip = seed, purpose, hflip
 
     def __len__(self) -> int:
@@ -137,11 +139,13 @@ class ClassifierSamples(Dataset):
     def __getitem__(self, item: Item) -> tuple[torch.Tensor, torch.Tensor]:
         epoch, position, index = item
         original, recon = self.rows.read(index), self.recons.read(index)
+        foreground = self.rows.read_foreground(index)
         gen = generator(self.seed, self.purpose, epoch, position)
         if self.hflip and bool(torch.rand(1, generator=gen) < 0.5):
-            original, recon = original.flip(-1), recon.flip(-1)
-        pseudo, _ = make_pseudo_abnormal(recon[None], self.cfg, gen)
-        return (recon - original).abs(), (pseudo[0] - original).abs()
+            original, recon, foreground = original.flip(-1), recon.flip(-1), foreground.flip(-1)
+        pseudo, _ = make_pseudo_abnormal(recon[None], self.cfg, gen, foreground[None])
+        return (classifier_input(recon, original, foreground, self.classifier),
+                classifier_input(pseudo[0], original, foreground, self.classifier))
 
 
 class ReconStore:

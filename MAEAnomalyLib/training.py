@@ -34,7 +34,7 @@ from .checkpoint import load_state, save_state
 from .config import ModelConfig
 from .distributed import Dist, StopControl, session, shield_worker
 from .errors import MAEAnomalyError
-from .model_io import AnomalyModel, save_model
+from .model_io import AnomalyModel, load_model, save_model
 from .models import init_classifier_from_mae
 from .models.classifier import anomaly_probability
 from .preprocessing import prepare
@@ -129,6 +129,7 @@ class _Stage:
     name: str
     net: nn.Module
     epochs: int
+    batch: int
     lr: float
     weight_decay: float
     data: Dataset
@@ -154,9 +155,11 @@ class Trainer:
         self.totals = [0.0, 0.0]  # loss sum and sample count of the current epoch, over all ranks
         self.seconds = 0.0
         self.cut: list[str] = []  # stages ended early by the time budget
+        # The classifier epoch with the lowest validation loss so far, with its weights (on the CPU).
+        self.best: dict | None = None
 
     # --- helpers ---------------------------------------------------------------------------------
-    def _optimizer(self, net: nn.Module, lr: float, weight_decay: float, epochs: int
+    def _optimizer(self, net: nn.Module, lr: float, weight_decay: float, epochs: int, batch: int
                    ) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LambdaLR]:
         def decays(name: str, p: torch.Tensor) -> bool:
             return p.ndim > 1 and "token" not in name and "pos_embed" not in name
@@ -165,7 +168,7 @@ class Trainer:
         opt = torch.optim.AdamW([{"params": [p for n, p in params if decays(n, p)], "weight_decay": weight_decay},
                                  {"params": [p for n, p in params if not decays(n, p)], "weight_decay": 0.0}],
                                 lr=lr, betas=(0.9, 0.95), fused=self.device.type == "cuda")
-        steps = epochs * batches_per_epoch(len(self.train_rows), self.cfg.train.batch_size)
+        steps = epochs * batches_per_epoch(len(self.train_rows), batch)
         warmup = max(1, int(steps * self.cfg.train.warmup_fraction))
         sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: warmup_cosine(s, steps, warmup))
         return opt, sched
@@ -195,7 +198,7 @@ class Trainer:
                  "totals": self.totals, "config": _comparable(self.cfg), "data": self.data_digest,
                  "mae": self.model.mae.state_dict(), "classifier": self.model.classifier.state_dict(),
                  "optimizer": opt.state_dict(), "scheduler": sched.state_dict(), "history": self.history,
-                 "seconds": self.seconds, "cut": self.cut, "world_size": self.dist.world}
+                 "seconds": self.seconds, "cut": self.cut, "world_size": self.dist.world, "best": self.best}
         save_state(state, self.out_dir / CHECKPOINT_DIR)
 
     def _load(self) -> dict | None:
@@ -213,6 +216,7 @@ class Trainer:
         self.history, self.seconds, self.cut = state["history"], state["seconds"], state["cut"]
         self.stage, self.epoch, self.batch = state["stage"], state["epoch"], state["batch"]
         self.finished, self.totals = state["finished"], list(state["totals"])
+        self.best = state.get("best")
         if not self.dist.is_main:
             self.totals = [0.0, 0.0]  # rank 0 carries the partial epoch's sums
         return state
@@ -224,7 +228,7 @@ class Trainer:
             self.log("no checkpoint to resume from; starting afresh")
         tc = self.cfg.train
         if self.stage == "mae":
-            stage = _Stage("mae", self.model.mae, tc.mae_epochs, tc.mae_lr, tc.mae_weight_decay,
+            stage = _Stage("mae", self.model.mae, tc.mae_epochs, tc.batch_size, tc.mae_lr, tc.mae_weight_decay,
                            MAESamples(self.train_rows, tc.seed, "mae", tc.hflip), self._mae_step, self._mae_epoch_end)
             share = (tc.mae_epochs - self.epoch) / max(1e-9, tc.mae_epochs - self.epoch
                                                        + CLASSIFIER_EPOCH_COST * tc.classifier_epochs)
@@ -235,15 +239,26 @@ class Trainer:
             if self.cfg.classifier.init_from_mae:
                 init_classifier_from_mae(self.model.classifier, self.model.mae)
         if self.finished or self.epoch >= tc.classifier_epochs:
+            self._select_classifier()
             return
         train_recons = self._reconstruct("train", self.train_rows)
-        self.val_data = ClassifierSamples(self.val_rows, self._reconstruct("val", self.val_rows),
-                                          self.cfg.pseudo_abnormal, tc.seed, "classifier-val", hflip=False)
-        data = ClassifierSamples(self.train_rows, train_recons, self.cfg.pseudo_abnormal, tc.seed, "classifier",
-                                 tc.hflip)
-        stage = _Stage("classifier", self.model.classifier, tc.classifier_epochs, tc.classifier_lr,
-                       tc.classifier_weight_decay, data, self._classifier_step, self._classifier_epoch_end)
+        pseudo, clf = self.cfg.pseudo_abnormal, self.cfg.classifier
+        self.val_data = ClassifierSamples(self.val_rows, self._reconstruct("val", self.val_rows), pseudo, clf,
+                                          tc.seed, "classifier-val", hflip=False)
+        data = ClassifierSamples(self.train_rows, train_recons, pseudo, clf, tc.seed, "classifier", tc.hflip)
+        stage = _Stage("classifier", self.model.classifier, tc.classifier_epochs, tc.classifier_batch_size,
+                       tc.classifier_lr, tc.classifier_weight_decay, data, self._classifier_step,
+                       self._classifier_epoch_end)
         self._stage(stage, state, self.stop.deadline)
+        self._select_classifier()
+
+    def _select_classifier(self) -> None:
+        """With ``classifier_selection == "best_validation"``, restores the best epoch's weights."""
+        if self.cfg.train.classifier_selection == "last" or self.best is None:
+            return
+        self.model.classifier.load_state_dict(self.best["weights"])
+        self.log(f"keeping the classifier of epoch {self.best['epoch']} (lowest validation loss, "
+                 f"{self.best['loss']:.4f})")
 
     def _stage(self, spec: _Stage, state: dict | None, deadline: float | None) -> None:
         """Trains one stage from the current position to its last epoch, a stop request or the deadline."""
@@ -251,14 +266,14 @@ class Trainer:
             return
         tc = self.cfg.train
         net = spec.net.to(self.device)
-        opt, sched = self._optimizer(net, spec.lr, spec.weight_decay, spec.epochs)
+        opt, sched = self._optimizer(net, spec.lr, spec.weight_decay, spec.epochs, spec.batch)
         if state is not None:
             opt.load_state_dict(state["optimizer"])
             sched.load_state_dict(state["scheduler"])
         module = self.dist.wrap(net)
         if self.options.compile:
             module = torch.compile(module)
-        sampler = EpochBatches(len(self.train_rows), tc.batch_size, tc.seed, spec.name, spec.epochs,
+        sampler = EpochBatches(len(self.train_rows), spec.batch, tc.seed, spec.name, spec.epochs,
                                (self.epoch, self.batch), self.dist.rows)
         local = torch.zeros(2, dtype=torch.float64, device=self.device)  # loss sum, count since the last fold
         mark = time.perf_counter()
@@ -403,6 +418,10 @@ class Trainer:
         self.history["classifier_loss"].append(mean_loss)
         self.history["classifier_val_loss"].append(val_loss)
         self.history["classifier_val_accuracy"].append(val_acc)
+        if self.cfg.train.classifier_selection == "best_validation" and (
+                self.best is None or val_loss < self.best["loss"]):
+            weights = {k: v.detach().cpu().clone() for k, v in self.model.classifier.state_dict().items()}
+            self.best = {"epoch": self.epoch, "loss": val_loss, "weights": weights}
         return (f"classifier epoch {self.epoch}/{self.cfg.train.classifier_epochs}: loss {mean_loss:.4f}, "
                 f"validation loss {val_loss:.4f}, validation accuracy {val_acc:.3f} (pseudo-abnormal)")
 
@@ -469,12 +488,27 @@ def _quiet(_: str) -> None:
     pass
 
 
+def mae_of(model_dir: Path, cfg: ModelConfig) -> AnomalyModel:
+    """A trained model whose MAE can serve ``cfg``: same preprocessing and MAE settings."""
+    source = load_model(model_dir)
+    if source.config.preprocess != cfg.preprocess or source.config.mae != cfg.mae:
+        raise MAEAnomalyError("its preprocessing or MAE settings differ from this run's (use the same preset and "
+                              "MAE settings)", model_dir)
+    return source
+
+
 def train(images: Sequence[Path], out_dir: Path, cfg: ModelConfig, device: torch.device,
           masks: Sequence[Path] | None = None, labels: Sequence[Path] | None = None, resume: bool = False,
-          log: LogFn = print, show_progress: bool = True, options: RunOptions | None = None) -> AnomalyModel:
-    """Trains and calibrates a model from volumes and writes it to ``out_dir`` (rank 0 under torchrun)."""
+          log: LogFn = print, show_progress: bool = True, options: RunOptions | None = None,
+          mae_from: Path | None = None) -> AnomalyModel:
+    """Trains and calibrates a model from volumes and writes it to ``out_dir`` (rank 0 under torchrun).
+
+    With ``mae_from`` (a trained model's directory) the MAE is taken from it and only the classifier is
+    trained: for trying classifier settings without training the MAE again.
+    """
     options = options or RunOptions()
     out_dir = Path(out_dir)
+    source = None if mae_from is None else mae_of(Path(mae_from), cfg)
     for name, paths in (("--masks", masks), ("--labels", labels)):
         if paths is not None and len(paths) != len(images):
             raise MAEAnomalyError(f"{name} gives {len(paths)} files for {len(images)} images; they pair in order")
@@ -507,6 +541,11 @@ def train(images: Sequence[Path], out_dir: Path, cfg: ModelConfig, device: torch
             + (f"; {dist.world} processes" if dist.world > 1 else ""))
         model = AnomalyModel.from_config(cfg)
         trainer = Trainer(model, train_rows, val_rows, out_dir, dist, stop, options, digest, log, show_progress)
+        if source is not None:
+            model.mae.load_state_dict(source.mae.state_dict())
+            if cfg.classifier.init_from_mae:
+                init_classifier_from_mae(model.classifier, model.mae)
+            trainer.stage = "classifier"
         trainer.run(resume)
         threshold, calibration = calibrate(model, [sources[i] for i in val_ids], dist, stop, cfg.train.target_fpr)
         cfg.threshold = threshold
@@ -515,6 +554,8 @@ def train(images: Sequence[Path], out_dir: Path, cfg: ModelConfig, device: torch
             "validation_volumes": [str(images[i]) for i in val_ids],
             "train_slices": len(train_rows), "device": dist.device.type, "processes": dist.world,
             "train_seconds": round(trainer.seconds, 1), "stopped_by_time_budget": trainer.cut,
+            "mae_from": None if mae_from is None else str(mae_from),
+            "classifier_epoch_kept": trainer.best["epoch"] if trainer.best else len(trainer.history["classifier_loss"]),
             **calibration, "history": trainer.history,
         }
         if dist.is_main:

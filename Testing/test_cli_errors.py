@@ -178,3 +178,17 @@ def test_cuda_without_gpu_is_a_clear_error(tiny_model_dir: Path, cohort: dict, t
                      "--out-dir", str(tmp_path / "out"), "--device", "cuda")
     assert result.returncode == 2
     assert "no CUDA GPU" in result.stderr
+
+
+@pytest.mark.parametrize(("setting", "words"), [
+    ("train.classifier_selection=best", "choose last or best_validation"),
+    ("pseudo_abnormal.beta_mode=voxel", "choose box or pixel"),
+    ("classifier.masked_input=maybe", "'maybe' is not a valid bool"),
+])
+def test_train_rejects_bad_setting_without_writing(cohort: dict, tmp_path: Path, setting: str, words: str) -> None:
+    out = tmp_path / "model_out"
+    result = run_cli("train", "--preset", "tiny", "--out", str(out), "--device", "cpu", "--set", setting,
+                     "--images", *[str(h[0]) for h in cohort["healthy"][:2]])
+    assert result.returncode == 2
+    assert result.stderr.strip() == f"maeanomaly: error: --set {setting}: {words}"
+    assert not out.exists()

@@ -12,8 +12,10 @@ import pytest
 import SimpleITK as sitk
 import torch
 
+from MAEAnomalyLib.checkpoint import load_state
 from MAEAnomalyLib.cli import evaluate_cohort
 from MAEAnomalyLib.config import preset
+from MAEAnomalyLib.errors import MAEAnomalyError
 from MAEAnomalyLib.model_io import load_model
 from MAEAnomalyLib.runtime import resolve_device
 from MAEAnomalyLib.score_table import SCORE_COLUMNS, read_table_csv
@@ -112,15 +114,17 @@ def test_cli_evaluate_writes_json(tiny_model_dir: Path, cohort: dict, tmp_path: 
     assert result.returncode == 0, result.stderr
     metrics = json.loads(out.read_text())
     for subset in ("foreground_slices", "all_slices"):
-        for score in ("score", "mae_l1", "ssim", "intensity_p995"):
+        for score in ("score", "mae_l1", "ssim", "intensity_p995", "foreground_fraction"):
             assert 0 <= metrics[subset][score]["auroc"] <= 1
             assert 0 <= metrics[subset][score]["auprc"] <= 1
     assert "AUROC" in result.stdout and "all_slices" in result.stdout
 
 
 def test_resume_after_interruption_gives_the_same_weights(cohort: dict, tmp_path: Path) -> None:
+    """Also with best-validation selection, whose running best must survive the interruption."""
     cfg = preset("tiny")
     cfg.train.mae_epochs, cfg.train.classifier_epochs = 3, 3
+    cfg.train.classifier_selection = "best_validation"
     images, masks = [p[0] for p in cohort["healthy"][:4]], [p[1] for p in cohort["healthy"][:4]]
     device = resolve_device("cpu")
     reference = train(images, tmp_path / "a", preset_copy(cfg), device, masks, log=lambda _: None,
@@ -143,9 +147,36 @@ def test_resume_after_interruption_gives_the_same_weights(cohort: dict, tmp_path
         a, b = getattr(reference, name).state_dict(), getattr(resumed, name).state_dict()
         assert all(torch.equal(a[k], b[k]) for k in a), name
     assert reference.config.threshold == resumed.config.threshold
+    # The kept classifier is the epoch with the lowest validation loss, and it is the one saved.
+    summary = json.loads((tmp_path / "b" / "config.json").read_text())["training_summary"]
+    losses = summary["history"]["classifier_val_loss"]
+    assert len(losses) == 3 and summary["classifier_epoch_kept"] == int(np.argmin(losses)) + 1
+    best = load_state(tmp_path / "b" / "checkpoint")["best"]
+    assert best["epoch"] == summary["classifier_epoch_kept"]
+    saved = load_model(tmp_path / "b").classifier.state_dict()
+    assert all(torch.equal(saved[k], best["weights"][k]) for k in saved)
 
 
 def preset_copy(cfg):
     from MAEAnomalyLib.config import ModelConfig
 
     return ModelConfig.from_dict(cfg.to_dict())
+
+
+def test_classifier_only_training_reuses_an_mae(tiny_model_dir: Path, cohort: dict, tmp_path: Path) -> None:
+    cfg = preset("tiny")
+    cfg.train.classifier_epochs = 2
+    cfg.classifier.masked_input = True  # a classifier setting may differ from the source model's
+    images, masks = [p[0] for p in cohort["healthy"][:4]], [p[1] for p in cohort["healthy"][:4]]
+    model = train(images, tmp_path / "m", cfg, resolve_device("cpu"), masks, log=lambda _: None,
+                  show_progress=False, mae_from=tiny_model_dir)
+    source = load_model(tiny_model_dir)
+    assert all(torch.equal(v, source.mae.state_dict()[k]) for k, v in model.mae.state_dict().items())
+    summary = load_model(tmp_path / "m").config.training_summary
+    assert summary["mae_from"] == str(tiny_model_dir)
+    assert summary["history"]["mae_loss"] == [] and len(summary["history"]["classifier_loss"]) == 2
+    # Another preset's MAE cannot serve: a clear error, and nothing written.
+    with pytest.raises(MAEAnomalyError, match="preprocessing or MAE settings differ"):
+        train(images, tmp_path / "n", preset("small"), resolve_device("cpu"), masks, log=lambda _: None,
+              show_progress=False, mae_from=tiny_model_dir)
+    assert not (tmp_path / "n").exists()

@@ -39,6 +39,7 @@ def small_config() -> ModelConfig:
     cfg = preset("tiny")
     cfg.preprocess.image_size = 32
     cfg.train.batch_size, cfg.train.mae_epochs, cfg.train.classifier_epochs = 8, 3, 2
+    cfg.train.classifier_batch_size = 8  # as --batch-size sets both stages
     return cfg
 
 
@@ -143,7 +144,7 @@ def test_two_processes_train_one_model(volumes: tuple[Path, Path], reference: Pa
     # rank 1 without a share, so the weighting of unequal and of empty shares is exercised.
     n = load_model(reference).config.training_summary["train_slices"]
     cfg = small_config()
-    cfg.train.batch_size = n - 1
+    cfg.train.batch_size = cfg.train.classifier_batch_size = n - 1
     images, masks = expand_paths([str(volumes[0])]), expand_paths([str(volumes[1])])
     train(images, tmp_path / "single", cfg, torch.device("cpu"), masks, log=lambda _: None, show_progress=False)
     out = tmp_path / "ddp"

@@ -5,7 +5,8 @@ pat0005-pat0006) and, with --ixi, the false-positive rate at the stored threshol
 IXI T1 volumes. Usage:
 
     python benchmarks/accuracy.py ../shared/data [--preset small] [--mae-epochs N] [--classifier-epochs N]
-                                  [--batch-size N] [--max-minutes M] [--set SECTION.FIELD=VALUE] [--ixi]
+                                  [--batch-size N] [--max-minutes M] [--set SECTION.FIELD=VALUE]
+                                  [--mae-from MODEL_DIR] [--ixi]
 
 Skips with a message (exit 0) when the data folder is absent.
 """
@@ -65,6 +66,8 @@ def brats(data: Path, work: Path, args: argparse.Namespace) -> dict:
     train = ["train", "--preset", args.preset, "--out", str(model), "--device", args.device,
              "--images", *files(TRAIN_CASES, "flair.nii.gz"), "--masks", *files(TRAIN_CASES, "brainmask.nii.gz"),
              "--labels", *files(TRAIN_CASES, "seg.nii.gz"), *training_flags(args)]
+    if args.mae_from:
+        train += ["--mae-from", args.mae_from]
     train_once(model, train)
     train_seconds = time.perf_counter() - start
     metrics = evaluate_cohort(model, files(TEST_CASES, "flair.nii.gz"), files(TEST_CASES, "seg.nii.gz"),
@@ -116,6 +119,7 @@ def main_cli() -> int:
     parser.add_argument("--batch-size", type=int)
     parser.add_argument("--max-minutes", type=float, help="training time budget for each model")
     parser.add_argument("--set", action="append")
+    parser.add_argument("--mae-from", help="BraTS: take the MAE from this model and train only the classifier")
     parser.add_argument("--device", default="auto")
     parser.add_argument("--ixi", action="store_true", help="also run the IXI cross-dataset false-positive check")
     parser.add_argument("--ixi-train", type=int, default=30)

@@ -31,6 +31,13 @@ def init_classifier_from_mae(classifier: VisionTransformer, mae: MaskedAutoencod
         classifier.pos_embed.copy_(mae.pos_embed)
 
 
+def classifier_input(recon: torch.Tensor, original: torch.Tensor, foreground: torch.Tensor,
+                     cfg: ClassifierConfig) -> torch.Tensor:
+    """|recon − original|, zeroed outside the foreground when ``cfg.masked_input``."""
+    difference = (recon - original).abs()
+    return difference * foreground.to(difference.dtype) if cfg.masked_input else difference
+
+
 def anomaly_probability(logits: torch.Tensor) -> torch.Tensor:
     """Probability of the pseudo-abnormal class for either head."""
     if logits.shape[-1] == 2:
