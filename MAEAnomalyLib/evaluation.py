@@ -49,14 +49,15 @@ def slice_metrics(tables: list[dict[str, np.ndarray]], labelled: list[np.ndarray
     for subset, chosen in subsets.items():
         y = truth[chosen]
         entry: dict = {"slices": int(chosen.sum()), "abnormal": int(y.sum())}
+        both_classes = 0 < y.sum() < len(y)
         for name, sign in SCORES.items():
             values = sign * pooled[name][chosen]
-            if 0 < y.sum() < len(y):
+            if both_classes:
                 entry[name] = {"auroc": float(roc_auc_score(y, values)),
                                "auprc": float(average_precision_score(y, values))}
             else:
                 entry[name] = {"auroc": None, "auprc": None}
-        if 0 < y.sum() < len(y):
+        if both_classes:
             entry["score_minus"] = {name: auroc_difference(y, pooled["score"][chosen], sign * pooled[name][chosen])
                                     for name, sign in SCORES.items() if name != "score"}
         out[subset] = entry

@@ -77,7 +77,7 @@ def score_prepared(model: AnomalyModel, prepared: PreparedVolume, device: torch.
         with autocast(device):
             recon = reconstruct(model.mae, images, cfg.train.reconstruction_passes, generator).float()
             difference = (recon - images).abs()
-            probs = anomaly_probability(model.classifier(classifier_input(recon, images, fg, cfg.classifier)))
+            probs = anomaly_probability(model.classifier(classifier_input(difference, fg, cfg.classifier)))
         score[idx] = probs.cpu().numpy()
         l1[idx] = masked_mean(difference, fg).cpu().numpy()
         ssim[idx] = masked_ssim(recon, images, fg).cpu().numpy()

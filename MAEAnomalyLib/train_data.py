@@ -144,8 +144,8 @@ class ClassifierSamples(Dataset):
         if self.hflip and bool(torch.rand(1, generator=gen) < 0.5):
             original, recon, foreground = original.flip(-1), recon.flip(-1), foreground.flip(-1)
         pseudo, _ = make_pseudo_abnormal(recon[None], self.cfg, gen, foreground[None])
-        return (classifier_input(recon, original, foreground, self.classifier),
-                classifier_input(pseudo[0], original, foreground, self.classifier))
+        return (classifier_input((recon - original).abs(), foreground, self.classifier),
+                classifier_input((pseudo[0] - original).abs(), foreground, self.classifier))
 
 
 class ReconStore:

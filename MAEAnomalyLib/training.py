@@ -234,10 +234,8 @@ class Trainer:
                                                        + CLASSIFIER_EPOCH_COST * tc.classifier_epochs)
             remaining = self.stop.remaining()
             self._stage(stage, state, None if remaining is None else time.monotonic() + share * remaining)
-            self.stage, self.epoch, self.batch, self.finished, state = "classifier", 0, 0, False, None
-            self.totals = [0.0, 0.0]
-            if self.cfg.classifier.init_from_mae:
-                init_classifier_from_mae(self.model.classifier, self.model.mae)
+            self.begin_classifier_stage()
+            state = None
         if self.finished or self.epoch >= tc.classifier_epochs:
             self._select_classifier()
             return
@@ -251,6 +249,13 @@ class Trainer:
                        self._classifier_epoch_end)
         self._stage(stage, state, self.stop.deadline)
         self._select_classifier()
+
+    def begin_classifier_stage(self) -> None:
+        """Moves on from the MAE (trained here, or taken from another model) to the classifier."""
+        self.stage, self.epoch, self.batch, self.finished = "classifier", 0, 0, False
+        self.totals = [0.0, 0.0]
+        if self.cfg.classifier.init_from_mae:
+            init_classifier_from_mae(self.model.classifier, self.model.mae)
 
     def _select_classifier(self) -> None:
         """With ``classifier_selection == "best_validation"``, restores the best epoch's weights."""
@@ -543,9 +548,7 @@ def train(images: Sequence[Path], out_dir: Path, cfg: ModelConfig, device: torch
         trainer = Trainer(model, train_rows, val_rows, out_dir, dist, stop, options, digest, log, show_progress)
         if source is not None:
             model.mae.load_state_dict(source.mae.state_dict())
-            if cfg.classifier.init_from_mae:
-                init_classifier_from_mae(model.classifier, model.mae)
-            trainer.stage = "classifier"
+            trainer.begin_classifier_stage()
         trainer.run(resume)
         threshold, calibration = calibrate(model, [sources[i] for i in val_ids], dist, stop, cfg.train.target_fpr)
         cfg.threshold = threshold

@@ -31,10 +31,8 @@ def init_classifier_from_mae(classifier: VisionTransformer, mae: MaskedAutoencod
         classifier.pos_embed.copy_(mae.pos_embed)
 
 
-def classifier_input(recon: torch.Tensor, original: torch.Tensor, foreground: torch.Tensor,
-                     cfg: ClassifierConfig) -> torch.Tensor:
-    """|recon − original|, zeroed outside the foreground when ``cfg.masked_input``."""
-    difference = (recon - original).abs()
+def classifier_input(difference: torch.Tensor, foreground: torch.Tensor, cfg: ClassifierConfig) -> torch.Tensor:
+    """The difference image |recon − original|, zeroed outside the foreground when ``cfg.masked_input``."""
     return difference * foreground.to(difference.dtype) if cfg.masked_input else difference
 
 
