@@ -11,7 +11,7 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from .config import CHOICES, PRESETS, ModelConfig, preset
+from .config import CHOICES, PRESETS, RANGES, ModelConfig, preset
 from .errors import MAEAnomalyError
 
 DEMO_MARKER = ".maeanomaly-demo"
@@ -42,6 +42,9 @@ def apply_overrides(cfg: ModelConfig, overrides: Sequence[str]) -> None:
         choices = CHOICES.get((section_name, field_name))
         if choices and value not in choices:
             raise MAEAnomalyError(f"--set {item}: choose {' or '.join(choices)}")
+        bounds = RANGES.get((section_name, field_name))
+        if bounds and not bounds[0] <= float(value) < bounds[1]:
+            raise MAEAnomalyError(f"--set {item}: must be at least {bounds[0]} and below {bounds[1]}")
         setattr(section, field_name, value)
 
 

@@ -53,6 +53,8 @@ class ClassifierConfig:
     # Zero the difference image outside the foreground mask, in training and scoring alike. The paper
     # feeds the whole image; off the brain the difference is reconstruction noise on empty background.
     masked_input: bool = False
+    # Stochastic depth, as in MAE fine-tuning (0.1 there); the paper does not say, so off by default.
+    drop_path_rate: float = 0.0
 
 
 @dataclass
@@ -95,6 +97,9 @@ class TrainConfig:
     # anomalies), which guards against over-fitting a small training set.
     classifier_selection: str = "last"
     hflip: bool = True
+    # Shift each classifier training sample by up to this fraction of the side (slice, reconstruction
+    # and mask together) against over-fitting a small training set; the paper does not augment.
+    classifier_shift: float = 0.0
     seed: int = 0
 
 
@@ -146,6 +151,11 @@ CHOICES: dict[tuple[str, str], tuple[str, ...]] = {
     ("pseudo_abnormal", "beta_mode"): ("box", "pixel"),
     ("classifier", "head"): ("bce", "softmax"),
     ("train", "classifier_selection"): ("last", "best_validation"),
+}
+# Settings that take a number in [low, high).
+RANGES: dict[tuple[str, str], tuple[float, float]] = {
+    ("classifier", "drop_path_rate"): (0.0, 1.0),
+    ("train", "classifier_shift"): (0.0, 0.5),
 }
 
 

@@ -101,9 +101,12 @@ def score_prepared(model: AnomalyModel, prepared: PreparedVolume, device: torch.
 
 def difference_image(diff: torch.Tensor, prepared: PreparedVolume) -> sitk.Image:
     """Maps model-resolution differences onto the input grid, zero outside the foreground."""
-    on_canonical = to_input_size(diff, prepared.in_plane_shape)
-    on_canonical = np.clip(on_canonical, 0, None) * prepared.foreground_input
-    return from_canonical(on_canonical.astype(np.float32), prepared.image)
+    on_canonical = np.zeros(prepared.foreground_input.shape, dtype=np.float32)
+    scored = np.flatnonzero(prepared.foreground_fraction > 0)  # skipped slices stay zero, at no cost
+    if len(scored):
+        resized = to_input_size(diff[scored], prepared.in_plane_shape)
+        on_canonical[scored] = np.clip(resized, 0, None) * prepared.foreground_input[scored]
+    return from_canonical(on_canonical, prepared.image)
 
 
 def score_image(model: AnomalyModel, image: sitk.Image, mask: sitk.Image | None = None,

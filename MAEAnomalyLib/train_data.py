@@ -124,14 +124,33 @@ class MAESamples(Dataset):
         return image
 
 
+def shifted(images: tuple[torch.Tensor, ...], max_shift: int, gen: torch.Generator) -> tuple[torch.Tensor, ...]:
+    """Translates same-sized images together by one random whole-pixel offset of up to ``max_shift``
+    in each direction, filling the uncovered border with zeros (the background)."""
+    dy, dx = torch.randint(-max_shift, max_shift + 1, (2,), generator=gen).tolist()
+    height, width = images[0].shape[-2:]
+
+    def span(d: int, n: int) -> tuple[slice, slice]:  # (destination, source) along one axis
+        return slice(max(d, 0), n + min(d, 0)), slice(max(-d, 0), n + min(-d, 0))
+
+    (ty, fy), (tx, fx) = span(dy, height), span(dx, width)
+    moved = []
+    for image in images:
+        out = torch.zeros_like(image)
+        out[..., ty, tx] = image[..., fy, fx]
+        moved.append(out)
+    return tuple(moved)
+
+
 class ClassifierSamples(Dataset):
     """Pairs (|recon − original|, |pseudo-abnormal recon − original|): a negative and a positive input,
-    both made exactly as scoring makes the classifier's input."""
+    both made exactly as scoring makes the classifier's input. Training samples may be flipped
+    left-right and shifted by up to ``max_shift`` pixels (slice, reconstruction and mask together)."""
 
     def __init__(self, rows: SliceRows, recons: ReconStore, cfg: PseudoAbnormalConfig, classifier: ClassifierConfig,
-                 seed: int, purpose: str, hflip: bool) -> None:
+                 seed: int, purpose: str, hflip: bool, max_shift: int = 0) -> None:
         self.rows, self.recons, self.cfg, self.classifier = rows, recons, cfg, classifier
-        self.seed, self.purpose, self.hflip = seed, purpose, hflip
+        self.seed, self.purpose, self.hflip, self.max_shift = seed, purpose, hflip, max_shift
 
     def __len__(self) -> int:
         return len(self.rows)
@@ -143,6 +162,8 @@ class ClassifierSamples(Dataset):
         gen = generator(self.seed, self.purpose, epoch, position)
         if self.hflip and bool(torch.rand(1, generator=gen) < 0.5):
             original, recon, foreground = original.flip(-1), recon.flip(-1), foreground.flip(-1)
+        if self.max_shift > 0:
+            original, recon, foreground = shifted((original, recon, foreground), self.max_shift, gen)
         pseudo, _ = make_pseudo_abnormal(recon[None], self.cfg, gen, foreground[None])
         return (classifier_input((recon - original).abs(), foreground, self.classifier),
                 classifier_input((pseudo[0] - original).abs(), foreground, self.classifier))

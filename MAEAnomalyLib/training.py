@@ -243,7 +243,8 @@ class Trainer:
         pseudo, clf = self.cfg.pseudo_abnormal, self.cfg.classifier
         self.val_data = ClassifierSamples(self.val_rows, self._reconstruct("val", self.val_rows), pseudo, clf,
                                           tc.seed, "classifier-val", hflip=False)
-        data = ClassifierSamples(self.train_rows, train_recons, pseudo, clf, tc.seed, "classifier", tc.hflip)
+        max_shift = round(tc.classifier_shift * self.cfg.preprocess.image_size)
+        data = ClassifierSamples(self.train_rows, train_recons, pseudo, clf, tc.seed, "classifier", tc.hflip, max_shift)
         stage = _Stage("classifier", self.model.classifier, tc.classifier_epochs, tc.classifier_batch_size,
                        tc.classifier_lr, tc.classifier_weight_decay, data, self._classifier_step,
                        self._classifier_epoch_end)

@@ -16,7 +16,7 @@ from MAEAnomalyLib.preprocessing import prepare
 from MAEAnomalyLib.scoring import score_prepared
 from MAEAnomalyLib.slice_cache import SliceCache, SliceRows
 from MAEAnomalyLib.synthetic import make_subject
-from MAEAnomalyLib.train_data import ClassifierSamples, ReconStore
+from MAEAnomalyLib.train_data import ClassifierSamples, ReconStore, shifted
 
 ERROR = 0.1  # the reconstruction error written for every pixel, background included
 
@@ -80,3 +80,51 @@ def test_scoring_feeds_the_classifier_what_training_does(tmp_path: Path, masked:
         from_map = anomaly_probability(model.classifier(result.difference_slices[scored])).numpy()
     same = np.allclose(result.table["score"][scored], from_map, atol=1e-5)
     assert same == masked
+
+
+def test_shift_moves_slice_reconstruction_and_mask_together() -> None:
+    image = torch.zeros(1, 16, 16)
+    image[0, 5:9, 6:10] = 1.0  # a block well inside the slice, so a shift of up to 3 keeps it whole
+    recon, mask = 0.5 * image, image > 0
+    for seed in range(20):
+        moved = shifted((image, recon, mask), 3, torch.Generator().manual_seed(seed))
+        ys, xs = torch.nonzero(moved[0][0], as_tuple=True)
+        dy, dx = int(ys.min()) - 5, int(xs.min()) - 6
+        assert abs(dy) <= 3 and abs(dx) <= 3
+        expected = torch.roll(image, (dy, dx), dims=(-2, -1))
+        assert torch.equal(moved[0], expected)
+        assert torch.equal(moved[1], 0.5 * expected) and torch.equal(moved[2], expected > 0)
+
+
+def test_shift_fills_the_uncovered_border_with_background() -> None:
+    image = torch.ones(1, 8, 8)
+    moved, = shifted((image,), 4, torch.Generator().manual_seed(1))
+    dy, dx = 8 - int(moved[0].any(dim=1).sum()), 8 - int(moved[0].any(dim=0).sum())
+    assert moved.sum() == (8 - dy) * (8 - dx)  # what moved out is gone, not wrapped around
+
+
+def test_classifier_samples_shift_only_when_asked(cached: tuple[ModelConfig, SliceRows, ReconStore]) -> None:
+    cfg, rows, store = cached
+    cfg.classifier.masked_input = True
+    plain = ClassifierSamples(rows, store, cfg.pseudo_abnormal, cfg.classifier, seed=0, purpose="t", hflip=False)
+    moved = ClassifierSamples(rows, store, cfg.pseudo_abnormal, cfg.classifier, seed=0, purpose="t", hflip=False,
+                              max_shift=6)
+    i = len(rows) // 2
+    unshifted = plain[(0, 0, i)][0]
+    negatives = [moved[(epoch, 0, i)][0] for epoch in range(8)]
+    assert all(n.sum() <= unshifted.sum() + 1e-4 for n in negatives)  # shifting only loses the edge
+    assert any(not torch.equal(n, unshifted) for n in negatives)
+    assert torch.equal(moved[(3, 0, i)][0], moved[(3, 0, i)][0])  # the same item gets the same shift
+
+
+def test_drop_path_is_active_in_training_only() -> None:
+    cfg = preset("tiny")
+    cfg.classifier.drop_path_rate = 0.5
+    torch.manual_seed(0)
+    classifier = AnomalyModel.from_config(cfg).classifier
+    x = torch.rand(4, 1, cfg.preprocess.image_size, cfg.preprocess.image_size)
+    classifier.train()
+    assert not torch.equal(classifier(x), classifier(x))
+    classifier.eval()
+    assert torch.equal(classifier(x), classifier(x))
+    assert ModelConfig.from_dict(cfg.to_dict()).classifier.drop_path_rate == 0.5

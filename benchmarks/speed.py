@@ -515,9 +515,12 @@ def main(argv: list[str] | None = None) -> int:
                         print(done.stdout, end="")
                         print(f"[{preset_name} {dtype} {kind}] failed (exit {done.returncode})", file=sys.stderr)
                         return 1
-                    rows[kind] += json.loads(result[-1][len("RESULT "):])
+                    measured = json.loads(result[-1][len("RESULT "):])
+                    rows[kind] += measured
                     print(f"[{preset_name} {dtype}] {kind} measured in {time.perf_counter() - start:.0f} s "
                           f"(load average {load_average()})", flush=True)
+                    for row in measured:  # kept in the log even if the run is stopped before the tables
+                        print("  " + json.dumps(row), flush=True)
 
     scored = rows["scoring"]
     first = [c for c in scored[0] if c not in FLOP_COLUMNS] if scored else []

@@ -15,7 +15,7 @@ def build_classifier(cfg: ClassifierConfig, image_size: int) -> VisionTransforme
         img_size=image_size, patch_size=cfg.patch_size, in_chans=1,
         num_classes=2 if cfg.head == "softmax" else 1,
         embed_dim=cfg.embed_dim, depth=cfg.depth, num_heads=cfg.num_heads, mlp_ratio=cfg.mlp_ratio,
-        global_pool="token", class_token=True,
+        global_pool="token", class_token=True, drop_path_rate=cfg.drop_path_rate,
     )
 
 
