@@ -90,6 +90,9 @@ class TrainConfig:
     classifier_weight_decay: float = 0.05
     warmup_fraction: float = 0.05
     reconstruction_passes: int = 4
+    # Reconstructions of each training slice, each with other random masks; classifier epoch e uses
+    # variant e mod this. The paper reconstructs once; more variants give more distinct negatives.
+    reconstruction_variants: int = 1
     validation_fraction: float = 0.2
     target_fpr: float = 0.05
     # "last": keep the classifier of the last epoch (paper); "best_validation": keep the epoch with the
@@ -156,6 +159,7 @@ CHOICES: dict[tuple[str, str], tuple[str, ...]] = {
 RANGES: dict[tuple[str, str], tuple[float, float]] = {
     ("classifier", "drop_path_rate"): (0.0, 1.0),
     ("train", "classifier_shift"): (0.0, 0.5),
+    ("train", "reconstruction_variants"): (1, 101),
 }
 
 

@@ -12,7 +12,7 @@ import hashlib
 import math
 import os
 import tempfile
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -144,11 +144,12 @@ def shifted(images: tuple[torch.Tensor, ...], max_shift: int, gen: torch.Generat
 
 class ClassifierSamples(Dataset):
     """Pairs (|recon − original|, |pseudo-abnormal recon − original|): a negative and a positive input,
-    both made exactly as scoring makes the classifier's input. Training samples may be flipped
+    both made exactly as scoring makes the classifier's input. Epoch e reads the reconstructions
+    ``recons[e % len(recons)]`` (each made with other random masks). Training samples may be flipped
     left-right and shifted by up to ``max_shift`` pixels (slice, reconstruction and mask together)."""
 
-    def __init__(self, rows: SliceRows, recons: ReconStore, cfg: PseudoAbnormalConfig, classifier: ClassifierConfig,
-                 seed: int, purpose: str, hflip: bool, max_shift: int = 0) -> None:
+    def __init__(self, rows: SliceRows, recons: Sequence[ReconStore], cfg: PseudoAbnormalConfig,
+                 classifier: ClassifierConfig, seed: int, purpose: str, hflip: bool, max_shift: int = 0) -> None:
         self.rows, self.recons, self.cfg, self.classifier = rows, recons, cfg, classifier
         self.seed, self.purpose, self.hflip, self.max_shift = seed, purpose, hflip, max_shift
 
@@ -157,7 +158,7 @@ class ClassifierSamples(Dataset):
 
     def __getitem__(self, item: Item) -> tuple[torch.Tensor, torch.Tensor]:
         epoch, position, index = item
-        original, recon = self.rows.read(index), self.recons.read(index)
+        original, recon = self.rows.read(index), self.recons[epoch % len(self.recons)].read(index)
         foreground = self.rows.read_foreground(index)
         gen = generator(self.seed, self.purpose, epoch, position)
         if self.hflip and bool(torch.rand(1, generator=gen) < 0.5):

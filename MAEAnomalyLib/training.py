@@ -239,9 +239,11 @@ class Trainer:
         if self.finished or self.epoch >= tc.classifier_epochs:
             self._select_classifier()
             return
-        train_recons = self._reconstruct("train", self.train_rows)
+        # Variant 0 keeps the name (and so the masks) of a single reconstruction.
+        train_recons = [self._reconstruct("train" if k == 0 else f"train{k}", self.train_rows)
+                        for k in range(tc.reconstruction_variants)]
         pseudo, clf = self.cfg.pseudo_abnormal, self.cfg.classifier
-        self.val_data = ClassifierSamples(self.val_rows, self._reconstruct("val", self.val_rows), pseudo, clf,
+        self.val_data = ClassifierSamples(self.val_rows, [self._reconstruct("val", self.val_rows)], pseudo, clf,
                                           tc.seed, "classifier-val", hflip=False)
         max_shift = round(tc.classifier_shift * self.cfg.preprocess.image_size)
         data = ClassifierSamples(self.train_rows, train_recons, pseudo, clf, tc.seed, "classifier", tc.hflip, max_shift)

@@ -47,7 +47,7 @@ def test_cache_keeps_the_foreground_mask(tmp_path: Path) -> None:
 def test_masked_input_is_zero_off_the_foreground(cached: tuple[ModelConfig, SliceRows, ReconStore]) -> None:
     cfg, rows, store = cached
     cfg.classifier.masked_input, cfg.pseudo_abnormal.in_foreground = True, True
-    samples = ClassifierSamples(rows, store, cfg.pseudo_abnormal, cfg.classifier, seed=0, purpose="t", hflip=False)
+    samples = ClassifierSamples(rows, [store], cfg.pseudo_abnormal, cfg.classifier, seed=0, purpose="t", hflip=False)
     for i in range(len(rows)):
         negative, positive = samples[(0, i, i)]
         foreground = rows.read_foreground(i)
@@ -60,7 +60,7 @@ def test_masked_input_is_zero_off_the_foreground(cached: tuple[ModelConfig, Slic
 def test_unmasked_input_keeps_the_background(cached: tuple[ModelConfig, SliceRows, ReconStore]) -> None:
     cfg, rows, store = cached
     cfg.classifier.masked_input = False  # the paper's input: the whole difference image
-    samples = ClassifierSamples(rows, store, cfg.pseudo_abnormal, cfg.classifier, seed=0, purpose="t", hflip=True)
+    samples = ClassifierSamples(rows, [store], cfg.pseudo_abnormal, cfg.classifier, seed=0, purpose="t", hflip=True)
     negative, _ = samples[(0, 0, 0)]
     assert torch.allclose(negative, torch.full_like(negative, ERROR), atol=1e-6)
 
@@ -106,8 +106,8 @@ def test_shift_fills_the_uncovered_border_with_background() -> None:
 def test_classifier_samples_shift_only_when_asked(cached: tuple[ModelConfig, SliceRows, ReconStore]) -> None:
     cfg, rows, store = cached
     cfg.classifier.masked_input = True
-    plain = ClassifierSamples(rows, store, cfg.pseudo_abnormal, cfg.classifier, seed=0, purpose="t", hflip=False)
-    moved = ClassifierSamples(rows, store, cfg.pseudo_abnormal, cfg.classifier, seed=0, purpose="t", hflip=False,
+    plain = ClassifierSamples(rows, [store], cfg.pseudo_abnormal, cfg.classifier, seed=0, purpose="t", hflip=False)
+    moved = ClassifierSamples(rows, [store], cfg.pseudo_abnormal, cfg.classifier, seed=0, purpose="t", hflip=False,
                               max_shift=6)
     i = len(rows) // 2
     unshifted = plain[(0, 0, i)][0]
@@ -128,3 +128,18 @@ def test_drop_path_is_active_in_training_only() -> None:
     classifier.eval()
     assert torch.equal(classifier(x), classifier(x))
     assert ModelConfig.from_dict(cfg.to_dict()).classifier.drop_path_rate == 0.5
+
+
+def test_epochs_cycle_through_reconstruction_variants(cached: tuple[ModelConfig, SliceRows, ReconStore],
+                                                      tmp_path: Path) -> None:
+    cfg, rows, store = cached
+    cfg.classifier.masked_input = False
+    other_error = 0.25
+    recon = np.stack([rows.read(i).numpy() for i in range(len(rows))]) + other_error
+    other = ReconStore(tmp_path / "recon", "train1", len(rows), chunk=16, world=1)
+    other.write(0, iter([recon]), recon.shape[1:])
+    samples = ClassifierSamples(rows, [store, other], cfg.pseudo_abnormal, cfg.classifier, seed=0, purpose="t",
+                                hflip=False)
+    for epoch, error in [(0, ERROR), (1, other_error), (2, ERROR), (3, other_error)]:
+        negative, _ = samples[(epoch, 0, 0)]
+        assert torch.allclose(negative, torch.full_like(negative, error), atol=1e-6)
