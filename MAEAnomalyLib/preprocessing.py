@@ -1,5 +1,6 @@
 """One preprocessing path for training, scoring and evaluation: canonical axial slices, a foreground
-mask, robust normalisation inside it, and square padding plus resizing to the model's input size."""
+mask, robust normalisation inside it, an optional crop to the foreground's bounding box, and square
+padding plus resizing to the model's input size."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ import numpy as np
 import SimpleITK as sitk
 import torch
 from monai.transforms import CenterSpatialCrop, Resize, ScaleIntensityRange, SpatialPad
+from monai.transforms.utils import generate_spatial_bounding_box
 from monai.utils import convert_to_numpy, convert_to_tensor
 
 from .config import PreprocessConfig
@@ -33,11 +35,19 @@ class PreparedVolume:
     positions_mm: np.ndarray  # (Z,) superior world coordinate of each slice centre
     labelled: np.ndarray | None  # (Z,) True where the label map has any voxel > 0
     source: str
+    window: tuple[slice, slice]  # (Y, X) part of each canonical slice that the networks see
 
     @property
     def in_plane_shape(self) -> tuple[int, int]:
         size = self.canonical.GetSize()
         return size[1], size[0]
+
+    def to_input_grid(self, stack: torch.Tensor) -> np.ndarray:
+        """(N, 1, S, S) model-resolution slices -> (N, Y, X) on the canonical grid, zero outside the window."""
+        out = np.zeros((len(stack), *self.in_plane_shape), dtype=np.float32)
+        rows, cols = self.window
+        out[:, rows, cols] = to_input_size(stack, (rows.stop - rows.start, cols.stop - cols.start))
+        return out
 
 
 def automatic_foreground(volume: np.ndarray) -> np.ndarray:
@@ -64,6 +74,13 @@ def normalise(volume: np.ndarray, foreground: np.ndarray, cfg: PreprocessConfig,
         raise MAEAnomalyError("intensities inside the foreground are constant", source)
     scaled = ScaleIntensityRange(a_min=float(lo), a_max=float(hi), b_min=0.0, b_max=1.0, clip=True)(volume)
     return convert_to_numpy(scaled, dtype=np.float32) * foreground
+
+
+def foreground_window(foreground: np.ndarray, margin: int) -> tuple[slice, slice]:
+    """In-plane (Y, X) bounding box of a (Z, Y, X) mask over all its slices, widened by ``margin``
+    voxels and clipped to the slice; one window per volume keeps the scale the same in every slice."""
+    start, end = generate_spatial_bounding_box(foreground.any(axis=0)[None], margin=margin, allow_smaller=True)
+    return slice(int(start[0]), int(end[0])), slice(int(start[1]), int(end[1]))
 
 
 def _square(shape: tuple[int, int]) -> int:
@@ -105,16 +122,21 @@ def prepare_image(image: sitk.Image, cfg: PreprocessConfig, mask: sitk.Image | N
     if labels is not None:
         labelled = (sitk.GetArrayFromImage(to_canonical(labels)) > 0).any(axis=(1, 2))
     normalised = normalise(volume, foreground, cfg, source)
+    window = (slice(0, ny), slice(0, nx))
+    if cfg.crop_to_foreground:
+        window = foreground_window(foreground, cfg.crop_margin)
+    in_window = (slice(None), *window)
     return PreparedVolume(
         image=image,
         canonical=canonical,
-        slices=to_model_size(normalised, cfg.image_size, mode="area"),
-        foreground=to_model_size(foreground.astype(np.float32), cfg.image_size, mode="nearest") > 0.5,
+        slices=to_model_size(normalised[in_window], cfg.image_size, mode="area"),
+        foreground=to_model_size(foreground[in_window].astype(np.float32), cfg.image_size, mode="nearest") > 0.5,
         foreground_input=foreground,
         foreground_fraction=foreground.mean(axis=(1, 2)),
         positions_mm=slice_positions_mm(canonical),
         labelled=labelled,
         source=source,
+        window=window,
     )
 
 

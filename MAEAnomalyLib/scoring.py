@@ -13,7 +13,7 @@ from monai.metrics.regression import compute_ssim_and_cs
 from .io import from_canonical
 from .model_io import AnomalyModel
 from .models.classifier import anomaly_probability, classifier_input
-from .preprocessing import PreparedVolume, prepare_image, to_input_size
+from .preprocessing import PreparedVolume, prepare_image
 from .reconstruction import reconstruct
 from .runtime import autocast
 
@@ -104,7 +104,7 @@ def difference_image(diff: torch.Tensor, prepared: PreparedVolume) -> sitk.Image
     on_canonical = np.zeros(prepared.foreground_input.shape, dtype=np.float32)
     scored = np.flatnonzero(prepared.foreground_fraction > 0)  # skipped slices stay zero, at no cost
     if len(scored):
-        resized = to_input_size(diff[scored], prepared.in_plane_shape)
+        resized = prepared.to_input_grid(diff[scored])
         on_canonical[scored] = np.clip(resized, 0, None) * prepared.foreground_input[scored]
     return from_canonical(on_canonical, prepared.image)
 

@@ -83,6 +83,26 @@ def test_sagittal_storage_gives_the_same_slice_table(tiny_model_dir: Path) -> No
     assert sagittal.difference.GetDirection() == sagittal_subject.image.GetDirection()
 
 
+def test_cropped_slices_map_back_onto_the_input_grid(tiny_model_dir: Path, cohort: dict) -> None:
+    model = load_model(tiny_model_dir)
+    model.config.preprocess.crop_to_foreground = True  # the trained networks, fed brain-cropped slices
+    image = sitk.ReadImage(str(cohort["lesioned"][0][0]), sitk.sitkFloat32)
+    mask = sitk.ReadImage(str(cohort["lesioned"][0][1]))
+    result = score_image(model, image, mask)
+    window = result.prepared.window
+    assert window[0].stop - window[0].start < 64 and window[1].stop - window[1].start < 64
+    diff = result.difference
+    assert diff.GetSize() == image.GetSize() and diff.GetDirection() == image.GetDirection()
+    values, brain = sitk.GetArrayFromImage(diff), sitk.GetArrayFromImage(mask) > 0
+    lesion = sitk.GetArrayFromImage(sitk.ReadImage(str(cohort["lesioned"][0][2]))) > 0
+    assert values[~brain].max() == 0 and values[lesion].mean() > 1.5 * values[brain & ~lesion].mean()
+    # The window is found on the canonical grid, so sagittal storage crops the same anatomy.
+    axial = score_image(model, make_subject(42, lesion=True).image)
+    sagittal = score_image(model, make_subject(42, lesion=True, orientation="PSR").image)
+    assert axial.prepared.window == sagittal.prepared.window
+    assert np.allclose(axial.table["score"], sagittal.table["score"], atol=1e-5)
+
+
 def test_cli_score_writes_three_outputs(tiny_model_dir: Path, cohort: dict, tmp_path: Path) -> None:
     image, mask, _ = cohort["lesioned"][1]
     out = tmp_path / "scores"

@@ -11,7 +11,7 @@ import torch
 
 from MAEAnomalyLib.config import PreprocessConfig
 from MAEAnomalyLib.io import from_canonical, read_volume, slice_positions_mm, to_canonical, volume_name
-from MAEAnomalyLib.preprocessing import automatic_foreground, prepare, to_input_size, to_model_size
+from MAEAnomalyLib.preprocessing import automatic_foreground, normalise, prepare, to_input_size, to_model_size
 from MAEAnomalyLib.synthetic import make_subject
 
 
@@ -110,6 +110,32 @@ def test_resize_and_inverse_on_a_non_square_grid() -> None:
     assert error.mean() < 0.01
     # the padding is symmetric: the first and last padded rows stay zero at model size
     assert float(small[:, :, 0].abs().max()) == 0.0 and float(small[:, :, -1].abs().max()) == 0.0
+
+
+def test_crop_to_foreground_magnifies_the_anatomy_and_maps_back(tmp_path: Path) -> None:
+    image, mask, _ = make_subject(8, shape=(24, 64, 80)).write(tmp_path, "a")
+    full_cfg = PreprocessConfig(image_size=32)
+    crop_cfg = PreprocessConfig(image_size=32, crop_to_foreground=True, crop_margin=2)
+    full, crop = prepare(image, full_cfg, mask_path=mask), prepare(image, crop_cfg, mask_path=mask)
+    brain = full.foreground_input
+    rows, cols = np.flatnonzero(brain.any(axis=(0, 2))), np.flatnonzero(brain.any(axis=(0, 1)))
+    assert full.window == (slice(0, 64), slice(0, 80))
+    # one window for the whole volume: the union of every slice's brain, plus the margin
+    assert crop.window == (slice(rows[0] - 2, rows[-1] + 3), slice(cols[0] - 2, cols[-1] + 3))
+    assert crop.slices.shape == full.slices.shape == (24, 1, 32, 32)
+    assert crop.foreground.float().mean() > 1.2 * full.foreground.float().mean()
+    assert np.array_equal(crop.foreground_fraction, full.foreground_fraction)  # measured on the input grid
+    # Back on the input grid, the cropped path is the closer to the normalised volume (it is resized
+    # less) and is zero outside its window.
+    truth = normalise(sitk.GetArrayFromImage(full.canonical), brain, full_cfg, "a")
+    crop_back, full_back = crop.to_input_grid(crop.slices), full.to_input_grid(full.slices)
+    assert crop_back.shape == full_back.shape == brain.shape
+    inside = brain & (full_back > 0)
+    crop_error, full_error = np.abs(crop_back - truth)[inside].mean(), np.abs(full_back - truth)[inside].mean()
+    assert crop_error < 0.8 * full_error
+    outside = np.ones(brain.shape[1:], bool)
+    outside[crop.window] = False
+    assert not crop_back[:, outside].any()
 
 
 def test_sagittal_and_axial_storage_prepare_identically(tmp_path: Path) -> None:
