@@ -14,7 +14,7 @@ from .io import from_canonical
 from .model_io import AnomalyModel
 from .models.classifier import anomaly_probability, classifier_input
 from .preprocessing import PreparedVolume, prepare_image
-from .reconstruction import reconstruct
+from .reconstruction import reconstruct_samples
 from .runtime import autocast
 
 SSIM_KERNEL = 7
@@ -62,26 +62,36 @@ def intensity_p995(prepared: PreparedVolume) -> np.ndarray:
 @torch.inference_mode()
 def score_prepared(model: AnomalyModel, prepared: PreparedVolume, device: torch.device,
                    batch_size: int = 32, progress: ProgressFn | None = None) -> VolumeScores:
-    """Scores every slice with foreground; slices without foreground are flagged and skipped."""
+    """Scores every slice with foreground; slices without foreground are flagged and skipped.
+
+    With ``train.score_reconstructions`` R > 1 each slice is reconstructed R times (other masks) and
+    every column is the average over the R difference images; batches then hold ``batch_size // R``
+    slices, so that memory does not grow with R.
+    """
     cfg = model.config
+    samples = cfg.train.score_reconstructions
     n = prepared.slices.shape[0]
     skipped = prepared.foreground_fraction == 0
     keep = np.flatnonzero(~skipped)
     score, l1, ssim = np.zeros(n), np.zeros(n), np.ones(n)
     diff = torch.zeros_like(prepared.slices)
     generator = torch.Generator().manual_seed(SCORING_SEED)
-    for start in range(0, len(keep), batch_size):
-        idx = keep[start:start + batch_size]
+    step = max(1, batch_size // samples)
+    for start in range(0, len(keep), step):
+        idx = keep[start:start + step]
         images = prepared.slices[idx].to(device)
         fg = prepared.foreground[idx].to(device)
         with autocast(device):
-            recon = reconstruct(model.mae, images, cfg.train.reconstruction_passes, generator).float()
-            difference = (recon - images).abs()
-            probs = anomaly_probability(model.classifier(classifier_input(difference, fg, cfg.classifier)))
-        score[idx] = probs.cpu().numpy()
-        l1[idx] = masked_mean(difference, fg).cpu().numpy()
-        ssim[idx] = masked_ssim(recon, images, fg).cpu().numpy()
-        diff[idx] = (difference * fg).cpu()
+            recon = reconstruct_samples(model.mae, images, cfg.train.reconstruction_passes, samples,
+                                        generator).float().flatten(0, 1)
+            tiled_images, tiled_fg = images.repeat(samples, 1, 1, 1), fg.repeat(samples, 1, 1, 1)
+            difference = (recon - tiled_images).abs()
+            probs = anomaly_probability(model.classifier(classifier_input(difference, tiled_fg, cfg.classifier)))
+        mean_difference = difference.view(samples, len(idx), *difference.shape[1:]).mean(dim=0)
+        score[idx] = probs.view(samples, -1).mean(dim=0).cpu().numpy()
+        l1[idx] = masked_mean(mean_difference, fg).cpu().numpy()
+        ssim[idx] = masked_ssim(recon, tiled_images, tiled_fg).view(samples, -1).mean(dim=0).cpu().numpy()
+        diff[idx] = (mean_difference * fg).cpu()
         if progress is not None:
             progress(min(1.0, (start + len(idx)) / max(1, len(keep))))
     threshold = float(cfg.threshold) if cfg.threshold is not None else float("inf")

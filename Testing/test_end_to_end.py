@@ -12,6 +12,7 @@ import pytest
 import SimpleITK as sitk
 import torch
 
+from MAEAnomalyLib import scoring
 from MAEAnomalyLib.checkpoint import load_state
 from MAEAnomalyLib.cli import evaluate_cohort
 from MAEAnomalyLib.config import preset
@@ -70,6 +71,33 @@ def test_scoring_table_and_difference_map(tiny_model_dir: Path, cohort: dict) ->
     # the difference map is larger inside the lesion than elsewhere in the brain
     lesion = sitk.GetArrayFromImage(sitk.ReadImage(str(cohort["lesioned"][0][2]))) > 0
     assert values[lesion].mean() > 1.5 * values[brain & ~lesion].mean()
+
+
+def test_averaging_reconstructions_steadies_the_scores(tiny_model_dir: Path, cohort: dict,
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    model = load_model(tiny_model_dir)
+    image = sitk.ReadImage(str(cohort["lesioned"][0][0]), sitk.sitkFloat32)
+    mask = sitk.ReadImage(str(cohort["lesioned"][0][1]))
+
+    def tables(samples: int) -> list[dict]:
+        model.config.train.score_reconstructions = samples
+        out = []
+        for seed in range(4):  # other random masks
+            monkeypatch.setattr(scoring, "SCORING_SEED", seed)
+            out.append(score_image(model, image, mask).table)
+        return out
+
+    single, averaged = tables(1), tables(4)
+    scored = single[0]["skipped"] == 0
+    for column in ("score", "mae_l1", "ssim"):
+        one = np.array([t[column] for t in single])[:, scored]
+        four = np.array([t[column] for t in averaged])[:, scored]
+        # the mean of 4 independent reconstructions varies about half as much as one does
+        assert four.std(axis=0).mean() < 0.75 * one.std(axis=0).mean(), column
+        # and estimates the same thing: each slice keeps its own value, up to that variation
+        assert np.abs(four.mean(axis=0) - one.mean(axis=0)).mean() < 0.25 * np.abs(one).mean(), column
+    for t in averaged:
+        assert np.all(t["score"][~scored] == 0) and np.all((t["score"] >= 0) & (t["score"] <= 1))
 
 
 def test_sagittal_storage_gives_the_same_slice_table(tiny_model_dir: Path) -> None:

@@ -8,7 +8,7 @@ import torch
 from MAEAnomalyLib.config import PseudoAbnormalConfig, preset
 from MAEAnomalyLib.models import MaskedAutoencoder, build_classifier, init_classifier_from_mae
 from MAEAnomalyLib.pseudo_abnormal import box_masks, make_pseudo_abnormal
-from MAEAnomalyLib.reconstruction import reconstruct
+from MAEAnomalyLib.reconstruction import reconstruct, reconstruct_samples
 
 
 @pytest.fixture
@@ -76,6 +76,18 @@ def test_reconstruction_averages_passes_reproducibly(mae: MaskedAutoencoder) -> 
     # the average of 4 passes is the mean of 4 single-pass reconstructions with the same masks
     single = reconstruct(mae, images.repeat(4, 1, 1, 1), passes=1, generator=torch.Generator().manual_seed(5))
     assert torch.allclose(single.reshape(4, 3, 1, 64, 64).mean(dim=0), a, atol=1e-6)
+
+
+def test_reconstruction_samples_use_independent_masks(mae: MaskedAutoencoder) -> None:
+    images = torch.rand(3, 1, 64, 64)
+    samples = reconstruct_samples(mae, images, passes=2, samples=3, generator=torch.Generator().manual_seed(5))
+    assert samples.shape == (3, 3, 1, 64, 64)
+    assert not torch.allclose(samples[0], samples[1]) and not torch.allclose(samples[1], samples[2])
+    # the 3 samples of 2 passes draw the same 6 masks as one reconstruction of 6 passes
+    six = reconstruct(mae, images, passes=6, generator=torch.Generator().manual_seed(5))
+    assert torch.allclose(samples.mean(dim=0), six, atol=1e-6)
+    one = reconstruct_samples(mae, images, passes=4, samples=1, generator=torch.Generator().manual_seed(5))
+    assert torch.equal(one[0], reconstruct(mae, images, passes=4, generator=torch.Generator().manual_seed(5)))
 
 
 def test_pseudo_abnormal_changes_exactly_its_boxes() -> None:

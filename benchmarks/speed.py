@@ -243,15 +243,17 @@ def write_volume(args: argparse.Namespace, directory: Path) -> tuple[str, Path, 
 
 
 # --- scoring --------------------------------------------------------------------------------------
-def reference_loop(model: AnomalyModel, images: torch.Tensor, passes: int, device: torch.device,
+def reference_loop(model: AnomalyModel, images: torch.Tensor, passes: int, samples: int, device: torch.device,
                    fn: PrecisionFn) -> None:
-    """Scores slice by slice, batch 1, the masked passes one after another (the reference code's way)."""
+    """Scores slice by slice, batch 1, the masked passes one after another (the reference code's way),
+    with as many reconstructions per slice as the preset scores (``train.score_reconstructions``)."""
     generator = torch.Generator().manual_seed(scoring.SCORING_SEED)
     with torch.inference_mode(), fn():
         for k in range(images.shape[0]):
             image = images[k:k + 1].to(device)
-            recon = sum(reconstruct(model.mae, image, 1, generator).float() for _ in range(passes)) / passes
-            anomaly_probability(model.classifier((recon - image).abs())).cpu()
+            for _ in range(samples):
+                recon = sum(reconstruct(model.mae, image, 1, generator).float() for _ in range(passes)) / passes
+                anomaly_probability(model.classifier((recon - image).abs())).cpu()
 
 
 def bench_scoring(cfg: ModelConfig, volume: Volume, dtype: str, args: argparse.Namespace,
@@ -288,9 +290,9 @@ def bench_scoring(cfg: ModelConfig, volume: Volume, dtype: str, args: argparse.N
     peak_host, peak_gpu = peak_memory_gb(device)
     n_ref = min(n, args.reference_slices)
     ref_images = main.slices[np.flatnonzero(main.foreground_fraction > 0)[:n_ref]]
-    passes = cfg.train.reconstruction_passes
-    reference_loop(model, ref_images[:1], passes, device, fn)  # warm-up
-    ref = best(lambda: reference_loop(model, ref_images, passes, device, fn), device, args.repeats)
+    passes, samples = cfg.train.reconstruction_passes, cfg.train.score_reconstructions
+    reference_loop(model, ref_images[:1], passes, samples, device, fn)  # warm-up
+    ref = best(lambda: reference_loop(model, ref_images, passes, samples, device, fn), device, args.repeats)
     mm = mm + matmul_rate(device, DTYPES[dtype])
 
     t_main = main_timing.wall
@@ -298,7 +300,8 @@ def bench_scoring(cfg: ModelConfig, volume: Volume, dtype: str, args: argparse.N
     per_slice = t_main / n
     cpu_speed_up = (ref.cpu / n_ref) / (main_timing.cpu / n) if device.type == "cpu" else float("nan")
     return {
-        "preset": cfg.preset, "dtype": dtype, "timed slices": f"{n}/{total}" + ("" if n == total else " *"),
+        "preset": cfg.preset, "dtype": dtype, "recons": cfg.train.score_reconstructions,
+        "timed slices": f"{n}/{total}" + ("" if n == total else " *"),
         "slices/s": n / t_main, "prep s": t_prep, "s/volume": t_prep + per_slice * total,
         "peak RSS GB": peak_host, **({"peak GPU GB": peak_gpu} if device.type == "cuda" else {}),
         "ref s/slice": ref.wall / n_ref, "speed-up": (ref.wall / n_ref) / per_slice,
