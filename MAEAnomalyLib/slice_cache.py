@@ -90,6 +90,15 @@ def cache_key(image: str | Path, mask: str | Path | None, labels: str | Path | N
     return hashlib.sha256("\n".join(parts).encode()).hexdigest()
 
 
+def healthy_rows(foreground_fraction: np.ndarray, labelled: np.ndarray | None, min_foreground: float) -> np.ndarray:
+    """Slices that may be trained on: enough foreground and no labelled voxel (so pathological volumes
+    can contribute)."""
+    keep = foreground_fraction >= min_foreground
+    if labelled is not None:
+        keep &= ~labelled
+    return np.flatnonzero(keep)
+
+
 @dataclass
 class CacheEntry:
     """One cached volume: where its slices are and which of them may be trained on."""
@@ -107,11 +116,7 @@ class CacheEntry:
         return self.directory / FOREGROUND_NAME
 
     def healthy_rows(self, min_foreground: float) -> np.ndarray:
-        """Slices with enough foreground and no labelled voxel (so pathological volumes can contribute)."""
-        keep = self.foreground_fraction >= min_foreground
-        if self.labelled is not None:
-            keep &= ~self.labelled
-        return np.flatnonzero(keep)
+        return healthy_rows(self.foreground_fraction, self.labelled, min_foreground)
 
 
 class SliceCache:

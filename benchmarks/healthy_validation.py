@@ -28,6 +28,7 @@ from MAEAnomalyLib.models.classifier import anomaly_probability, classifier_inpu
 from MAEAnomalyLib.preprocessing import prepare
 from MAEAnomalyLib.pseudo_abnormal import make_pseudo_abnormal
 from MAEAnomalyLib.reconstruction import reconstruct_samples
+from MAEAnomalyLib.slice_cache import healthy_rows
 
 BATCH = 32
 
@@ -40,9 +41,7 @@ def healthy_slices(model: AnomalyModel, images: list[Path], masks: list | None, 
     for i, image in enumerate(images):
         volume = prepare(image, cfg.preprocess, masks[i] if masks else None, labels[i] if labels else None,
                          min_pixels=cfg.mae.patch_size)
-        usable = volume.foreground_fraction >= cfg.preprocess.min_train_foreground
-        if volume.labelled is not None:
-            usable &= ~volume.labelled
+        usable = healthy_rows(volume.foreground_fraction, volume.labelled, cfg.preprocess.min_train_foreground)
         xs.append(volume.slices[usable])
         fgs.append(volume.foreground[usable])
     return torch.cat(xs), torch.cat(fgs)
