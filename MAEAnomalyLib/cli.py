@@ -41,7 +41,7 @@ def apply_overrides(cfg: ModelConfig, overrides: Sequence[str]) -> None:
             raise MAEAnomalyError(f"--set {item}: '{raw}' is not a valid {type(current).__name__}") from None
         choices = CHOICES.get((section_name, field_name))
         if choices and value not in choices:
-            raise MAEAnomalyError(f"--set {item}: choose {' or '.join(choices)}")
+            raise MAEAnomalyError(f"--set {item}: choose {', '.join(choices[:-1])} or {choices[-1]}")
         bounds = RANGES.get((section_name, field_name))
         if bounds and not bounds[0] <= float(value) < bounds[1]:
             raise MAEAnomalyError(f"--set {item}: must be at least {bounds[0]} and below {bounds[1]}")

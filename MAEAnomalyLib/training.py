@@ -26,6 +26,7 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
+from timm.utils import ModelEmaV3
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, Sampler
 from tqdm import tqdm
@@ -157,6 +158,10 @@ class Trainer:
         self.cut: list[str] = []  # stages ended early by the time budget
         # The classifier epoch with the lowest validation loss so far, with its weights (on the CPU).
         self.best: dict | None = None
+        # With ``train.classifier_ema``: the moving average of the classifier's weights, and its state
+        # (live tensors while the stage runs; from the checkpoint after a resume).
+        self.ema: ModelEmaV3 | None = None
+        self.ema_state: dict | None = None
 
     # --- helpers ---------------------------------------------------------------------------------
     def _optimizer(self, net: nn.Module, lr: float, weight_decay: float, epochs: int, batch: int
@@ -198,7 +203,8 @@ class Trainer:
                  "totals": self.totals, "config": _comparable(self.cfg), "data": self.data_digest,
                  "mae": self.model.mae.state_dict(), "classifier": self.model.classifier.state_dict(),
                  "optimizer": opt.state_dict(), "scheduler": sched.state_dict(), "history": self.history,
-                 "seconds": self.seconds, "cut": self.cut, "world_size": self.dist.world, "best": self.best}
+                 "seconds": self.seconds, "cut": self.cut, "world_size": self.dist.world, "best": self.best,
+                 "classifier_ema": self.ema_state}
         save_state(state, self.out_dir / CHECKPOINT_DIR)
 
     def _load(self) -> dict | None:
@@ -217,6 +223,7 @@ class Trainer:
         self.stage, self.epoch, self.batch = state["stage"], state["epoch"], state["batch"]
         self.finished, self.totals = state["finished"], list(state["totals"])
         self.best = state.get("best")
+        self.ema_state = state.get("classifier_ema")
         if not self.dist.is_main:
             self.totals = [0.0, 0.0]  # rank 0 carries the partial epoch's sums
         return state
@@ -261,12 +268,20 @@ class Trainer:
             init_classifier_from_mae(self.model.classifier, self.model.mae)
 
     def _select_classifier(self) -> None:
-        """With ``classifier_selection == "best_validation"``, restores the best epoch's weights."""
-        if self.cfg.train.classifier_selection == "last" or self.best is None:
-            return
-        self.model.classifier.load_state_dict(self.best["weights"])
-        self.log(f"keeping the classifier of epoch {self.best['epoch']} (lowest validation loss, "
-                 f"{self.best['loss']:.4f})")
+        """Keeps the best epoch's weights (``classifier_selection == "best_validation"``) or else the
+        moving average, when one is kept; the weights of the last step otherwise."""
+        average = " (moving average)" if self.ema_state is not None else ""
+        if self.cfg.train.classifier_selection == "best_validation" and self.best is not None:
+            self.model.classifier.load_state_dict(self.best["weights"])
+            self.log(f"keeping the classifier{average} of epoch {self.best['epoch']} (lowest validation loss, "
+                     f"{self.best['loss']:.4f})")
+        elif self.ema_state is not None:
+            self.model.classifier.load_state_dict(self.ema_state)
+            self.log("keeping the moving average of the classifier's weights")
+
+    def _validated_classifier(self) -> nn.Module:
+        """What validation judges and selection keeps: the moving average when one is kept."""
+        return self.ema.module if self.ema is not None else self.model.classifier
 
     def _stage(self, spec: _Stage, state: dict | None, deadline: float | None) -> None:
         """Trains one stage from the current position to its last epoch, a stop request or the deadline."""
@@ -278,6 +293,12 @@ class Trainer:
         if state is not None:
             opt.load_state_dict(state["optimizer"])
             sched.load_state_dict(state["scheduler"])
+        if spec.name == "classifier" and tc.classifier_ema > 0:
+            # Every rank makes the same updates, so the averages agree without communication.
+            self.ema = ModelEmaV3(net, decay=tc.classifier_ema)
+            if self.ema_state is not None:
+                self.ema.module.load_state_dict(self.ema_state)
+            self.ema_state = self.ema.module.state_dict()
         module = self.dist.wrap(net)
         if self.options.compile:
             module = torch.compile(module)
@@ -294,6 +315,8 @@ class Trainer:
             objective.backward()
             opt.step()
             sched.step()
+            if self.ema is not None:  # the first update copies the weights (timm: decay 0 at step 1)
+                self.ema.update(net, step=step.epoch * sampler.per_epoch + step.batch + 1)
             local[0] += loss.detach().double() * count
             local[1] += count
             self.batch = step.batch + 1
@@ -428,7 +451,7 @@ class Trainer:
         self.history["classifier_val_accuracy"].append(val_acc)
         if self.cfg.train.classifier_selection == "best_validation" and (
                 self.best is None or val_loss < self.best["loss"]):
-            weights = {k: v.detach().cpu().clone() for k, v in self.model.classifier.state_dict().items()}
+            weights = {k: v.detach().cpu().clone() for k, v in self._validated_classifier().state_dict().items()}
             self.best = {"epoch": self.epoch, "loss": val_loss, "weights": weights}
         return (f"classifier epoch {self.epoch}/{self.cfg.train.classifier_epochs}: loss {mean_loss:.4f}, "
                 f"validation loss {val_loss:.4f}, validation accuracy {val_acc:.3f} (pseudo-abnormal)")
@@ -436,7 +459,7 @@ class Trainer:
     @torch.no_grad()
     def _classifier_validation(self) -> tuple[float, float]:
         """Loss and accuracy on held-out healthy volumes against their pseudo-abnormal versions."""
-        clf = self.model.classifier.eval()
+        clf = self._validated_classifier().eval()
         chunks = self._my_chunks(len(self.val_rows))
         total, correct = 0.0, 0.0
         batches = self._loader(self.val_data, ChunkBatches(len(self.val_rows), self.cfg.train.batch_size, chunks))

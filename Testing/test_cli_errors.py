@@ -188,6 +188,8 @@ def test_cuda_without_gpu_is_a_clear_error(tiny_model_dir: Path, cohort: dict, t
     ("classifier.drop_path_rate=-0.1", "must be at least 0.0 and below 1.0"),
     ("preprocess.crop_margin=-2", "must be at least 0 and below 1000000"),
     ("train.score_reconstructions=0", "must be at least 1 and below 101"),
+    ("classifier.global_pool=mean", "choose token, avg, max or avgmax"),
+    ("train.classifier_ema=1", "must be at least 0.0 and below 1.0"),
 ])
 def test_train_rejects_bad_setting_without_writing(cohort: dict, tmp_path: Path, setting: str, words: str) -> None:
     out = tmp_path / "model_out"

@@ -168,11 +168,14 @@ def test_cli_evaluate_writes_json(tiny_model_dir: Path, cohort: dict, tmp_path: 
     assert "AUROC" in result.stdout and "all_slices" in result.stdout
 
 
-def test_resume_after_interruption_gives_the_same_weights(cohort: dict, tmp_path: Path) -> None:
-    """Also with best-validation selection, whose running best must survive the interruption."""
+@pytest.mark.parametrize("ema", [0.0, 0.8])
+def test_resume_after_interruption_gives_the_same_weights(cohort: dict, tmp_path: Path, ema: float) -> None:
+    """Also with best-validation selection, whose running best must survive the interruption, and with
+    a moving average of the classifier's weights, which must too."""
     cfg = preset("tiny")
     cfg.train.mae_epochs, cfg.train.classifier_epochs = 3, 3
     cfg.train.classifier_selection = "best_validation"
+    cfg.train.classifier_ema = ema
     images, masks = [p[0] for p in cohort["healthy"][:4]], [p[1] for p in cohort["healthy"][:4]]
     device = resolve_device("cpu")
     reference = train(images, tmp_path / "a", preset_copy(cfg), device, masks, log=lambda _: None,
@@ -209,6 +212,21 @@ def preset_copy(cfg):
     from MAEAnomalyLib.config import ModelConfig
 
     return ModelConfig.from_dict(cfg.to_dict())
+
+
+def test_moving_average_is_what_validation_judges_and_training_keeps(tiny_model_dir: Path, cohort: dict,
+                                                                     tmp_path: Path) -> None:
+    cfg = preset("tiny")
+    cfg.train.classifier_epochs, cfg.train.classifier_selection, cfg.train.classifier_ema = 2, "last", 0.8
+    images, masks = [p[0] for p in cohort["healthy"][:4]], [p[1] for p in cohort["healthy"][:4]]
+    train(images, tmp_path / "m", cfg, resolve_device("cpu"), masks, log=lambda _: None, show_progress=False,
+          mae_from=tiny_model_dir)
+    state = load_state(tmp_path / "m" / "checkpoint")
+    saved = load_model(tmp_path / "m").classifier.state_dict()
+    assert all(torch.equal(saved[k], state["classifier_ema"][k]) for k in saved)
+    raw = state["classifier"]
+    assert any(not torch.equal(saved[k], raw[k]) for k in saved)  # the average, not the last step's weights
+    assert preset("paper").train.classifier_ema == 0.0  # the paper keeps the last step's weights
 
 
 def test_classifier_only_training_reuses_an_mae(tiny_model_dir: Path, cohort: dict, tmp_path: Path) -> None:

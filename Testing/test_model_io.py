@@ -13,9 +13,11 @@ from MAEAnomalyLib.errors import MAEAnomalyError
 from MAEAnomalyLib.model_io import AnomalyModel, load_config, load_model, save_model
 
 
-def test_round_trip_is_bit_exact(tmp_path: Path) -> None:
+@pytest.mark.parametrize("pool", ["token", "avg"])
+def test_round_trip_is_bit_exact(tmp_path: Path, pool: str) -> None:
     torch.manual_seed(0)
     cfg = preset("tiny")
+    cfg.classifier.global_pool = pool
     cfg.threshold = 0.25
     model = AnomalyModel.from_config(cfg)
     save_model(model, tmp_path / "m")
@@ -36,6 +38,23 @@ def test_config_rejects_unknown_keys() -> None:
     data["mae"]["depht"] = 3
     with pytest.raises(ValueError, match="depht"):
         ModelConfig.from_dict(data)
+
+
+@pytest.mark.parametrize(("section", "name", "value", "words"), [
+    ("classifier", "global_pool", "mean", "choose token, avg, max or avgmax"),
+    ("train", "classifier_ema", 1.5, "it must be at least 0.0 and below 1.0"),
+])
+def test_setting_out_of_its_choices_is_a_damaged_model(tmp_path: Path, section: str, name: str, value: object,
+                                                        words: str) -> None:
+    cfg = preset("tiny")
+    cfg.threshold = 0.5
+    save_model(AnomalyModel.from_config(cfg), tmp_path / "m")
+    path = tmp_path / "m" / "config.json"
+    data = json.loads(path.read_text())
+    data[section][name] = value
+    path.write_text(json.dumps(data))
+    with pytest.raises(MAEAnomalyError, match=f"model is damaged: {section}.{name} is .*; {words}"):
+        load_model(tmp_path / "m")
 
 
 def test_uncalibrated_model_is_refused(tmp_path: Path) -> None:

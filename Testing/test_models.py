@@ -142,6 +142,22 @@ def test_classifier_has_one_channel_and_one_logit(mae: MaskedAutoencoder) -> Non
     assert build_classifier(cfg.classifier, 64)(torch.rand(2, 1, 64, 64)).shape == (2, 2)
 
 
+@pytest.mark.parametrize("pool", ["avg", "max", "avgmax"])
+def test_pooled_classifier_reads_every_patch_and_takes_the_mae_norm(mae: MaskedAutoencoder, pool: str) -> None:
+    cfg = preset("tiny")
+    cfg.classifier.global_pool = pool
+    torch.manual_seed(0)
+    clf = build_classifier(cfg.classifier, 64).eval()
+    x = torch.zeros(1, 1, 64, 64)
+    corner = x.clone()
+    corner[..., :8, :8] = 5.0  # one patch changed
+    assert clf(x).shape == (1, 1) and not torch.equal(clf(x), clf(corner))
+    with torch.no_grad():
+        mae.norm.weight.uniform_(0.5, 1.5)
+    init_classifier_from_mae(clf, mae)
+    assert torch.equal(clf.fc_norm.weight, mae.norm.weight)
+
+
 def test_boxes_in_foreground_are_centred_on_it() -> None:
     cfg = PseudoAbnormalConfig(in_foreground=True)
     foreground = torch.zeros(50, 64, 64, dtype=torch.bool)

@@ -15,7 +15,7 @@ def build_classifier(cfg: ClassifierConfig, image_size: int) -> VisionTransforme
         img_size=image_size, patch_size=cfg.patch_size, in_chans=1,
         num_classes=2 if cfg.head == "softmax" else 1,
         embed_dim=cfg.embed_dim, depth=cfg.depth, num_heads=cfg.num_heads, mlp_ratio=cfg.mlp_ratio,
-        global_pool="token", class_token=True, drop_path_rate=cfg.drop_path_rate,
+        global_pool=cfg.global_pool, class_token=True, drop_path_rate=cfg.drop_path_rate,
     )
 
 
@@ -26,7 +26,9 @@ def init_classifier_from_mae(classifier: VisionTransformer, mae: MaskedAutoencod
     with torch.no_grad():
         classifier.patch_embed.load_state_dict(mae.patch_embed.state_dict())
         classifier.blocks.load_state_dict(mae.blocks.state_dict())
-        classifier.norm.load_state_dict(mae.norm.state_dict())
+        # Pooled heads (timm) normalise after pooling, in ``fc_norm``, where the MAE's final norm belongs.
+        final_norm = classifier.norm if classifier.global_pool == "token" else classifier.fc_norm
+        final_norm.load_state_dict(mae.norm.state_dict())
         classifier.cls_token.copy_(mae.cls_token)
         classifier.pos_embed.copy_(mae.pos_embed)
 
