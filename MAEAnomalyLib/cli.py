@@ -11,7 +11,7 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from .config import CHOICES, PRESETS, RANGES, ModelConfig, preset
+from .config import PRESETS, ModelConfig, preset, setting_problem
 from .errors import MAEAnomalyError
 
 DEMO_MARKER = ".maeanomaly-demo"
@@ -39,12 +39,9 @@ def apply_overrides(cfg: ModelConfig, overrides: Sequence[str]) -> None:
                 value = type(current)(raw)
         except ValueError:
             raise MAEAnomalyError(f"--set {item}: '{raw}' is not a valid {type(current).__name__}") from None
-        choices = CHOICES.get((section_name, field_name))
-        if choices and value not in choices:
-            raise MAEAnomalyError(f"--set {item}: choose {', '.join(choices[:-1])} or {choices[-1]}")
-        bounds = RANGES.get((section_name, field_name))
-        if bounds and not bounds[0] <= float(value) < bounds[1]:
-            raise MAEAnomalyError(f"--set {item}: must be at least {bounds[0]} and below {bounds[1]}")
+        problem = setting_problem(section_name, field_name, value)
+        if problem is not None:
+            raise MAEAnomalyError(f"--set {item}: {problem}")
         setattr(section, field_name, value)
 
 

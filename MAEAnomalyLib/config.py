@@ -168,14 +168,12 @@ class ModelConfig:
 
     def check(self) -> None:
         """Raises ValueError for a setting outside its named choices or its range."""
-        for (section, name), choices in CHOICES.items():
+        for section, name in (*CHOICES, *RANGES):
             value = getattr(getattr(self, section), name)
-            if value not in choices:
-                raise ValueError(f"{section}.{name} is {value!r}; choose {', '.join(choices[:-1])} or {choices[-1]}")
-        for (section, name), (low, high) in RANGES.items():
-            value = getattr(getattr(self, section), name)
-            if not low <= value < high:
-                raise ValueError(f"{section}.{name} is {value!r}; it must be at least {low} and below {high}")
+            problem = setting_problem(section, name, value)
+            if problem is not None:
+                subject = "it " if problem.startswith("must") else ""  # "choose …" needs none
+                raise ValueError(f"{section}.{name} is {value!r}; {subject}{problem}")
 
 
 # Settings that take one of a few names.
@@ -194,6 +192,17 @@ RANGES: dict[tuple[str, str], tuple[float, float]] = {
     ("train", "reconstruction_variants"): (1, 101),
     ("train", "score_reconstructions"): (1, 101),
 }
+
+
+def setting_problem(section: str, name: str, value: Any) -> str | None:
+    """Why ``value`` cannot be ``section.name`` ("choose …" or "must be …"), or None when it can."""
+    choices = CHOICES.get((section, name))
+    if choices is not None and value not in choices:
+        return f"choose {', '.join(choices[:-1])} or {choices[-1]}"
+    bounds = RANGES.get((section, name))
+    if bounds is not None and not bounds[0] <= float(value) < bounds[1]:
+        return f"must be at least {bounds[0]} and below {bounds[1]}"
+    return None
 
 
 def _preset(name: str, size: int, patch: int, enc: tuple[int, int, int], dec: tuple[int, int, int],
