@@ -184,13 +184,14 @@ def evaluate_cohort(model_dir: str | Path, images: Sequence, labels: Sequence, m
     model = load_model(model_dir)
     device = resolve_device(device_name)
     model.to(device)
-    tables, truth = [], []
+    tables, truth, areas = [], [], []
     for i, path in enumerate(tqdm(images, desc="scoring volumes", unit="vol")):
         prepared = prepare(path, model.config.preprocess, masks[i] if masks else None, labels[i],
                            min_pixels=model.config.mae.patch_size)
         tables.append(score_prepared(model, prepared, device, batch_size).table)
         truth.append(prepared.labelled)
-    metrics = slice_metrics(tables, truth)
+        areas.append(prepared.labelled_area_mm2)
+    metrics = slice_metrics(tables, truth, areas)
     metrics["volumes"] = len(images)
     metrics["threshold"] = model.config.threshold
     return metrics
@@ -201,7 +202,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from .io import atomic_outputs
 
     metrics = evaluate_cohort(args.model, args.images, args.labels, args.masks, args.device, args.batch_size)
-    print(format_metrics({k: v for k, v in metrics.items() if k.endswith("_slices")}))
+    print(format_metrics(metrics))
     if args.json:
         with atomic_outputs() as writer:
             writer.write_text(json.dumps(metrics, indent=2) + "\n", args.json)
@@ -236,7 +237,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     metrics = evaluate_cohort(out / "model", [str(p[0]) for p in lesioned], [str(p[2]) for p in lesioned],
                               [str(p[1]) for p in lesioned], args.device)
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
-    print(format_metrics({k: v for k, v in metrics.items() if k.endswith("_slices")}))
+    print(format_metrics(metrics))
     auroc = metrics["foreground_slices"]["score"]["auroc"]
     print(f"demo finished in {time.perf_counter() - start:.0f} s: slice-level AUROC {auroc:.3f} "
           f"(slices with foreground); outputs in {out}")

@@ -40,8 +40,29 @@ def auroc_difference(truth: np.ndarray, a: np.ndarray, b: np.ndarray, samples: i
     return {"difference": float(roc_auc_score(truth, a) - roc_auc_score(truth, b)), "ci95": [float(low), float(high)]}
 
 
-def slice_metrics(tables: list[dict[str, np.ndarray]], labelled: list[np.ndarray]) -> dict:
-    """Pools slices of all volumes; ``labelled[i][k]`` is True when slice k of volume i is abnormal."""
+def by_lesion_size(truth: np.ndarray, values: dict[str, np.ndarray], area: np.ndarray, groups: int = 3) -> dict:
+    """AUROC of each score with the abnormal slices split into ``groups`` equal-count groups by their
+    lesion's area (smallest first), each group against every normal slice: a pooled AUROC averages
+    away how a score fares on the small lesions."""
+    truth = truth.astype(bool)
+    bounds = np.quantile(area[truth], np.linspace(0, 1, groups + 1))
+    rank = np.searchsorted(bounds[1:-1], area, side="left")  # group of each abnormal slice, by area
+    out = []
+    for g in range(groups):
+        chosen = ~truth | (truth & (rank == g))
+        y = truth[chosen]
+        entry: dict = {"area_mm2": [float(bounds[g]), float(bounds[g + 1])], "abnormal": int(y.sum())}
+        for name, v in values.items():
+            entry[name] = float(roc_auc_score(y, v[chosen])) if 0 < y.sum() < len(y) else None
+        out.append(entry)
+    return {"normal": int((~truth).sum()), "groups": out}
+
+
+def slice_metrics(tables: list[dict[str, np.ndarray]], labelled: list[np.ndarray],
+                  lesion_area: list[np.ndarray] | None = None) -> dict:
+    """Pools slices of all volumes; ``labelled[i][k]`` is True when slice k of volume i is abnormal.
+    With ``lesion_area`` (the labelled area of each slice) it adds ``by_lesion_size`` over slices with
+    foreground."""
     pooled = {name: np.concatenate([t[name] for t in tables]) for name in (*SCORES, "skipped")}
     truth = np.concatenate(labelled).astype(int)
     subsets = {"foreground_slices": pooled["skipped"] == 0, "all_slices": np.ones_like(truth, dtype=bool)}
@@ -61,23 +82,39 @@ def slice_metrics(tables: list[dict[str, np.ndarray]], labelled: list[np.ndarray
             entry["score_minus"] = {name: auroc_difference(y, pooled["score"][chosen], sign * pooled[name][chosen])
                                     for name, sign in SCORES.items() if name != "score"}
         out[subset] = entry
+    fg = subsets["foreground_slices"]
+    if lesion_area is not None and truth[fg].sum() >= 3 and (1 - truth[fg]).sum() > 0:
+        area = np.concatenate(lesion_area)[fg]
+        out["by_lesion_size"] = by_lesion_size(truth[fg], {n: s * pooled[n][fg] for n, s in SCORES.items()}, area)
     return out
 
 
 def format_metrics(metrics: dict) -> str:
-    """A plain-text table of the metrics."""
+    """A plain-text table of the metrics of each subset of slices, then ``by_lesion_size`` if present."""
+    subsets = {k: v for k, v in metrics.items() if k.endswith("_slices")}
+
+    def fmt(v: float | None) -> str:
+        return f"{v:8.3f}" if v is not None else f"{'n/a':>8}"
+
     lines = [f"{'subset':<18}{'score':<16}{'AUROC':>8}{'AUPRC':>8}   slices (abnormal)"]
-    for subset, entry in metrics.items():
+    for subset, entry in subsets.items():
         for name in SCORES:
-            auroc, auprc = entry[name]["auroc"], entry[name]["auprc"]
-            def fmt(v):
-                return (f"{v:8.3f}" if v is not None else f"{'n/a':>8}")
             label = LABELS.get(name, name)
-            lines.append(f"{subset:<18}{label:<16}{fmt(auroc)}{fmt(auprc)}   {entry['slices']} ({entry['abnormal']})")
-    if any("score_minus" in entry for entry in metrics.values()):
+            lines.append(f"{subset:<18}{label:<16}{fmt(entry[name]['auroc'])}{fmt(entry[name]['auprc'])}   "
+                         f"{entry['slices']} ({entry['abnormal']})")
+    if any("score_minus" in entry for entry in subsets.values()):
         lines.append("AUROC of score minus each other score, with a 95 % paired bootstrap interval over slices:")
-    for subset, entry in metrics.items():
+    for subset, entry in subsets.items():
         for name, d in entry.get("score_minus", {}).items():
             low, high = d["ci95"]
             lines.append(f"{subset:<18}{LABELS.get(name, name):<16}{d['difference']:+8.3f}   [{low:+.3f}, {high:+.3f}]")
+    if "by_lesion_size" in metrics:
+        entry = metrics["by_lesion_size"]
+        heads = [f"{g['area_mm2'][0]:.0f}-{g['area_mm2'][1]:.0f} mm2 ({g['abnormal']})" for g in entry["groups"]]
+        lines.append(f"AUROC by lesion area per slice (abnormal slices in each group; each group against all "
+                     f"{entry['normal']} normal slices with foreground):")
+        lines.append(f"{'':<18}{'score':<16}" + "".join(f"{h:>24}" for h in heads))
+        for name in SCORES:
+            cells = "".join(f"{fmt(g[name]):>24}" for g in entry["groups"])
+            lines.append(f"{'by_lesion_size':<18}{LABELS.get(name, name):<16}{cells}")
     return "\n".join(lines)

@@ -36,6 +36,7 @@ class PreparedVolume:
     labelled: np.ndarray | None  # (Z,) True where the label map has any voxel > 0
     source: str
     window: tuple[slice, slice]  # (Y, X) part of each canonical slice that the networks see
+    labelled_area_mm2: np.ndarray | None = None  # (Z,) in-plane area of each slice's labelled voxels
 
     @property
     def in_plane_shape(self) -> tuple[int, int]:
@@ -118,9 +119,12 @@ def prepare_image(image: sitk.Image, cfg: PreprocessConfig, mask: sitk.Image | N
             raise MAEAnomalyError("mask is empty", source)
     else:
         foreground = automatic_foreground(volume)
-    labelled = None
+    labelled = labelled_area = None
     if labels is not None:
-        labelled = (sitk.GetArrayFromImage(to_canonical(labels)) > 0).any(axis=(1, 2))
+        labelled_voxels = (sitk.GetArrayFromImage(to_canonical(labels)) > 0).sum(axis=(1, 2))
+        labelled = labelled_voxels > 0
+        spacing = canonical.GetSpacing()
+        labelled_area = labelled_voxels * float(spacing[0] * spacing[1])
     normalised = normalise(volume, foreground, cfg, source)
     window = (slice(0, ny), slice(0, nx))
     if cfg.crop_to_foreground:
@@ -137,6 +141,7 @@ def prepare_image(image: sitk.Image, cfg: PreprocessConfig, mask: sitk.Image | N
         labelled=labelled,
         source=source,
         window=window,
+        labelled_area_mm2=labelled_area,
     )
 
 

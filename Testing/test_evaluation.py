@@ -37,4 +37,25 @@ def test_slice_metrics_report_each_baseline_against_the_score() -> None:
     entry = metrics["foreground_slices"]
     # 1 − SSIM is ranked: the difference uses the sign that makes larger mean more anomalous.
     assert np.isclose(minus["ssim"]["difference"], entry["score"]["auroc"] - entry["ssim"]["auroc"])
-    assert "paired bootstrap" in format_metrics({k: v for k, v in metrics.items() if k.endswith("_slices")})
+    assert "paired bootstrap" in format_metrics(metrics)
+
+
+def test_by_lesion_size_separates_small_lesions_from_large_ones() -> None:
+    # A score that sees only lesions of 100 mm² or more: perfect on the large ones, chance on the small.
+    rng = np.random.default_rng(3)
+    n_normal, n_lesion = 60, 30
+    truth = np.r_[np.zeros(n_normal, dtype=bool), np.ones(n_lesion, dtype=bool)]
+    area = np.r_[np.zeros(n_normal), np.linspace(10, 300, n_lesion)]
+    score = np.where(area >= 100, 2.0 + rng.random(truth.size), rng.random(truth.size))
+    table = {"score": score, "mae_l1": rng.random(truth.size), "ssim": rng.random(truth.size),
+             "intensity_p995": area, "foreground_fraction": rng.random(truth.size),
+             "skipped": np.zeros(truth.size, dtype=int)}
+    metrics = slice_metrics([table], [truth], [area])
+    groups = metrics["by_lesion_size"]["groups"]
+    assert [g["abnormal"] for g in groups] == [10, 10, 10] and metrics["by_lesion_size"]["normal"] == n_normal
+    assert groups[0]["area_mm2"][0] == 10 and groups[-1]["area_mm2"][1] == 300
+    assert groups[0]["score"] < 0.8 and groups[1]["score"] == groups[2]["score"] == 1.0
+    assert all(g["intensity_p995"] == 1.0 for g in groups)  # any positive area beats the normal slices
+    text = format_metrics(metrics)
+    assert "AUROC by lesion area" in text and "10-" in text and "-300 mm2 (10)" in text
+    assert "by_lesion_size" not in format_metrics(slice_metrics([table], [truth]))

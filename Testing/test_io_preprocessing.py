@@ -139,9 +139,15 @@ def test_crop_to_foreground_magnifies_the_anatomy_and_maps_back(tmp_path: Path) 
 
 
 def test_sagittal_and_axial_storage_prepare_identically(tmp_path: Path) -> None:
-    axial = make_subject(7).write(tmp_path, "ax")
-    sagittal = make_subject(7, orientation="PSR").write(tmp_path, "sag")
+    axial = make_subject(7, lesion=True).write(tmp_path, "ax")
+    sagittal = make_subject(7, lesion=True, orientation="PSR").write(tmp_path, "sag")
     cfg = PreprocessConfig(image_size=64)
     a, s = prepare(axial[0], cfg, label_path=axial[2]), prepare(sagittal[0], cfg, label_path=sagittal[2])
     assert torch.equal(a.slices, s.slices)
+    # The lesion's area in each axial slice, in mm², whichever way the volume is stored.
+    label = sitk.ReadImage(str(axial[2]))
+    spacing = label.GetSpacing()
+    expected = (sitk.GetArrayFromImage(label) > 0).sum(axis=(1, 2)) * spacing[0] * spacing[1]
+    assert expected.max() > 0 and np.allclose(a.labelled_area_mm2, expected)
+    assert np.allclose(s.labelled_area_mm2, expected) and np.array_equal(a.labelled, expected > 0)
     assert np.allclose(a.positions_mm, s.positions_mm)
