@@ -63,6 +63,9 @@ class ClassifierConfig:
     # What the head reads: "token" the class token (paper, ViT); "avg", "max" or "avgmax" pool the
     # patch tokens, so that one small anomalous region need not be routed into the class token.
     global_pool: str = "token"
+    # Independently initialised classifiers trained side by side on the same batches, each on its own
+    # loss; the score averages their logits. 1: the paper's single classifier.
+    members: int = 1
 
 
 @dataclass
@@ -187,6 +190,7 @@ CHOICES: dict[tuple[str, str], tuple[str, ...]] = {
 RANGES: dict[tuple[str, str], tuple[float, float]] = {
     ("preprocess", "crop_margin"): (0, 1_000_000),
     ("classifier", "drop_path_rate"): (0.0, 1.0),
+    ("classifier", "members"): (1, 17),
     ("train", "classifier_shift"): (0.0, 0.5),
     ("train", "classifier_ema"): (0.0, 1.0),
     ("train", "reconstruction_variants"): (1, 101),

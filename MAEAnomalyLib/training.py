@@ -431,6 +431,10 @@ class Trainer:
         return inputs, torch.cat([torch.zeros(n), torch.ones(n)]).to(self.device)
 
     def _classifier_loss(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        """The loss of (N, classes) logits; of (members, N, classes), the mean of the members' losses."""
+        if logits.dim() == 3:
+            targets = targets.repeat(len(logits))
+            logits = logits.flatten(0, 1)
         cc = self.cfg.classifier
         if cc.head == "softmax":
             return F.cross_entropy(logits.float(), targets.long(), label_smoothing=cc.label_smoothing)

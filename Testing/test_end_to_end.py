@@ -246,3 +246,19 @@ def test_classifier_only_training_reuses_an_mae(tiny_model_dir: Path, cohort: di
         train(images, tmp_path / "n", preset("small"), resolve_device("cpu"), masks, log=lambda _: None,
               show_progress=False, mae_from=tiny_model_dir)
     assert not (tmp_path / "n").exists()
+
+
+def test_ensemble_trains_its_members_apart(tiny_model_dir: Path, cohort: dict, tmp_path: Path) -> None:
+    cfg = preset("tiny")
+    cfg.train.classifier_epochs, cfg.classifier.members = 2, 2
+    images, masks = [p[0] for p in cohort["healthy"][:4]], [p[1] for p in cohort["healthy"][:4]]
+    train(images, tmp_path / "m", cfg, resolve_device("cpu"), masks, log=lambda _: None, show_progress=False,
+          mae_from=tiny_model_dir)
+    model = load_model(tmp_path / "m")
+    first, second = (member.state_dict() for member in model.classifier.members)
+    assert all(not torch.equal(first[k], second[k]) for k in first if first[k].numel() > 1)
+    image = sitk.ReadImage(str(cohort["lesioned"][0][0]), sitk.sitkFloat32)
+    table = score_image(model, image, sitk.ReadImage(str(cohort["lesioned"][0][1]))).table
+    scored = table["skipped"] == 0
+    assert ((table["score"][scored] > 0) & (table["score"][scored] < 1)).all()
+    assert model.config.threshold is not None and 0 < model.config.threshold < 1

@@ -13,11 +13,11 @@ from MAEAnomalyLib.errors import MAEAnomalyError
 from MAEAnomalyLib.model_io import AnomalyModel, load_config, load_model, save_model
 
 
-@pytest.mark.parametrize("pool", ["token", "avg"])
-def test_round_trip_is_bit_exact(tmp_path: Path, pool: str) -> None:
+@pytest.mark.parametrize(("pool", "members"), [("token", 1), ("avg", 1), ("max", 2)])
+def test_round_trip_is_bit_exact(tmp_path: Path, pool: str, members: int) -> None:
     torch.manual_seed(0)
     cfg = preset("tiny")
-    cfg.classifier.global_pool = pool
+    cfg.classifier.global_pool, cfg.classifier.members = pool, members
     cfg.threshold = 0.25
     model = AnomalyModel.from_config(cfg)
     save_model(model, tmp_path / "m")
@@ -43,6 +43,7 @@ def test_config_rejects_unknown_keys() -> None:
 @pytest.mark.parametrize(("section", "name", "value", "words"), [
     ("classifier", "global_pool", "mean", "choose token, avg, max or avgmax"),
     ("train", "classifier_ema", 1.5, "it must be at least 0.0 and below 1.0"),
+    ("classifier", "members", 0, "it must be at least 1 and below 17"),
 ])
 def test_setting_out_of_its_choices_is_a_damaged_model(tmp_path: Path, section: str, name: str, value: object,
                                                         words: str) -> None:

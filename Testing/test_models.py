@@ -158,6 +158,21 @@ def test_pooled_classifier_reads_every_patch_and_takes_the_mae_norm(mae: MaskedA
     assert torch.equal(clf.fc_norm.weight, mae.norm.weight)
 
 
+def test_ensemble_members_learn_apart_and_score_together(mae: MaskedAutoencoder) -> None:
+    cfg = preset("tiny")
+    cfg.classifier.members = 3
+    torch.manual_seed(0)
+    ensemble = build_classifier(cfg.classifier, 64)
+    x = torch.rand(2, 1, 64, 64)
+    members = ensemble.train()(x)
+    assert members.shape == (3, 2, 1)  # one logit per member while training: each has its own loss
+    assert not torch.equal(members[0], members[1])  # independently initialised
+    assert torch.allclose(ensemble.eval()(x), members.mean(dim=0))  # scoring: their mean logit
+    init_classifier_from_mae(ensemble, mae)
+    for member in ensemble.members:
+        assert torch.equal(member.blocks[0].attn.qkv.weight, mae.blocks[0].attn.qkv.weight)
+
+
 def test_boxes_in_foreground_are_centred_on_it() -> None:
     cfg = PseudoAbnormalConfig(in_foreground=True)
     foreground = torch.zeros(50, 64, 64, dtype=torch.bool)

@@ -356,7 +356,9 @@ def bench_training(cfg: ModelConfig, volume: Volume, dtype: str, args: argparse.
         inputs = torch.cat([(recons - originals).abs(), (pseudo - originals).abs()]).to(device)
         with fn():
             logits = clf(inputs)
-        loss = F.binary_cross_entropy_with_logits(logits.float()[:, 0], targets)
+        # (members, N, 1) for an ensemble (classifier.members), whose members each have their loss
+        flat = logits.float().flatten()
+        loss = F.binary_cross_entropy_with_logits(flat, targets.repeat(len(flat) // len(targets)))
         copt.zero_grad(set_to_none=True)
         loss.backward()
         copt.step()

@@ -4,13 +4,35 @@ from __future__ import annotations
 
 import torch
 from timm.models.vision_transformer import VisionTransformer
+from torch import nn
 
 from ..config import ClassifierConfig
 from .mae import MaskedAutoencoder
 
 
-def build_classifier(cfg: ClassifierConfig, image_size: int) -> VisionTransformer:
-    """One input channel; one logit, or two when the reference code's 2-class loss is chosen."""
+class ClassifierEnsemble(nn.Module):
+    """Several classifiers on the same input. In training mode it returns every member's logits,
+    (members, N, classes), so that each learns on its own loss (an ensemble, not one wide network);
+    in eval mode their mean, (N, classes), like a single classifier (as timm's distilled ViT does)."""
+
+    def __init__(self, members: list[VisionTransformer]) -> None:
+        super().__init__()
+        self.members = nn.ModuleList(members)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        logits = torch.stack([member(x) for member in self.members])
+        return logits if self.training else logits.mean(dim=0)
+
+
+def build_classifier(cfg: ClassifierConfig, image_size: int) -> VisionTransformer | ClassifierEnsemble:
+    """One input channel; one logit, or two when the reference code's 2-class loss is chosen.
+    With ``cfg.members`` > 1, that many independently initialised classifiers."""
+    if cfg.members > 1:
+        return ClassifierEnsemble([_vit(cfg, image_size) for _ in range(cfg.members)])
+    return _vit(cfg, image_size)
+
+
+def _vit(cfg: ClassifierConfig, image_size: int) -> VisionTransformer:
     return VisionTransformer(
         img_size=image_size, patch_size=cfg.patch_size, in_chans=1,
         num_classes=2 if cfg.head == "softmax" else 1,
@@ -19,8 +41,13 @@ def build_classifier(cfg: ClassifierConfig, image_size: int) -> VisionTransforme
     )
 
 
-def init_classifier_from_mae(classifier: VisionTransformer, mae: MaskedAutoencoder) -> None:
-    """Copies the MAE encoder (patch embedding, blocks, norm) into the classifier, as the reference code does."""
+def init_classifier_from_mae(classifier: VisionTransformer | ClassifierEnsemble, mae: MaskedAutoencoder) -> None:
+    """Copies the MAE encoder (patch embedding, blocks, norm) into the classifier (into each member of an
+    ensemble), as the reference code does."""
+    if isinstance(classifier, ClassifierEnsemble):
+        for member in classifier.members:
+            init_classifier_from_mae(member, mae)
+        return
     if classifier.embed_dim != mae.cfg.embed_dim or len(classifier.blocks) != len(mae.blocks):
         raise ValueError("classifier and MAE encoder sizes differ; cannot initialise from the MAE")
     with torch.no_grad():
