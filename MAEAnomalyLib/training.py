@@ -25,7 +25,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from timm.utils import ModelEmaV3
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, Sampler
@@ -37,7 +36,7 @@ from .distributed import Dist, StopControl, session, shield_worker
 from .errors import MAEAnomalyError
 from .model_io import AnomalyModel, load_model, save_model
 from .models import init_classifier_from_mae
-from .models.classifier import anomaly_probability
+from .models.classifier import anomaly_probability, classifier_loss
 from .preprocessing import prepare
 from .reconstruction import reconstruct
 from .runtime import autocast
@@ -430,21 +429,11 @@ class Trainer:
         inputs = torch.cat([negatives, positives]).to(self.device, non_blocking=True)
         return inputs, torch.cat([torch.zeros(n), torch.ones(n)]).to(self.device)
 
-    def _classifier_loss(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-        """The loss of (N, classes) logits; of (members, N, classes), the mean of the members' losses."""
-        if logits.dim() == 3:
-            targets = targets.repeat(len(logits))
-            logits = logits.flatten(0, 1)
-        cc = self.cfg.classifier
-        if cc.head == "softmax":
-            return F.cross_entropy(logits.float(), targets.long(), label_smoothing=cc.label_smoothing)
-        return F.binary_cross_entropy_with_logits(logits.float()[:, 0], targets)
-
     def _classifier_step(self, module: nn.Module, batch: tuple[torch.Tensor, torch.Tensor], step: Step
                          ) -> tuple[torch.Tensor, torch.Tensor, int]:
         inputs, targets = self._classifier_inputs(batch)
         with autocast(self.device):
-            loss = self._classifier_loss(module(inputs), targets)
+            loss = classifier_loss(module(inputs), targets, self.cfg.classifier)
         n = step.b - step.a
         return self._share(loss, n, step.size), loss, 2 * n
 
@@ -471,7 +460,7 @@ class Trainer:
             inputs, targets = self._classifier_inputs(batch)
             with autocast(self.device):
                 logits = clf(inputs)
-            total += self._classifier_loss(logits, targets).item() * len(inputs)
+            total += classifier_loss(logits, targets, self.cfg.classifier).item() * len(inputs)
             correct += float(((anomaly_probability(logits) >= 0.5).float() == targets).sum())
         total, correct = self.dist.sum([total, correct])
         count = max(1, 2 * len(self.val_rows))

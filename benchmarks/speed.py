@@ -35,7 +35,6 @@ from pathlib import Path
 import numpy as np
 import SimpleITK as sitk
 import torch
-import torch.nn.functional as F
 from torch.utils.flop_counter import FlopCounterMode
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
@@ -44,7 +43,7 @@ from MAEAnomalyLib import scoring
 from MAEAnomalyLib.config import PRESETS, ModelConfig, preset
 from MAEAnomalyLib.io import read_mask, read_volume, to_canonical
 from MAEAnomalyLib.model_io import AnomalyModel
-from MAEAnomalyLib.models.classifier import anomaly_probability
+from MAEAnomalyLib.models.classifier import anomaly_probability, classifier_loss
 from MAEAnomalyLib.preprocessing import PreparedVolume, prepare_image
 from MAEAnomalyLib.pseudo_abnormal import make_pseudo_abnormal
 from MAEAnomalyLib.reconstruction import reconstruct
@@ -356,9 +355,7 @@ def bench_training(cfg: ModelConfig, volume: Volume, dtype: str, args: argparse.
         inputs = torch.cat([(recons - originals).abs(), (pseudo - originals).abs()]).to(device)
         with fn():
             logits = clf(inputs)
-        # (members, N, 1) for an ensemble (classifier.members), whose members each have their loss
-        flat = logits.float().flatten()
-        loss = F.binary_cross_entropy_with_logits(flat, targets.repeat(len(flat) // len(targets)))
+        loss = classifier_loss(logits, targets, cfg.classifier)
         copt.zero_grad(set_to_none=True)
         loss.backward()
         copt.step()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from timm.models.vision_transformer import VisionTransformer
 from torch import nn
 
@@ -70,3 +71,14 @@ def anomaly_probability(logits: torch.Tensor) -> torch.Tensor:
     if logits.shape[-1] == 2:
         return torch.softmax(logits.float(), dim=-1)[..., 1]
     return torch.sigmoid(logits.float()[..., 0])
+
+
+def classifier_loss(logits: torch.Tensor, targets: torch.Tensor, cfg: ClassifierConfig) -> torch.Tensor:
+    """The training loss of (N, classes) logits against 0/1 targets; of an ensemble's (members, N,
+    classes), the mean of the members' losses."""
+    if logits.dim() == 3:
+        targets = targets.repeat(len(logits))
+        logits = logits.flatten(0, 1)
+    if cfg.head == "softmax":
+        return F.cross_entropy(logits.float(), targets.long(), label_smoothing=cfg.label_smoothing)
+    return F.binary_cross_entropy_with_logits(logits.float()[:, 0], targets)
