@@ -191,7 +191,7 @@ def evaluate_cohort(model_dir: str | Path, images: Sequence, labels: Sequence, m
         tables.append(score_prepared(model, prepared, device, batch_size).table)
         truth.append(prepared.labelled)
         areas.append(prepared.labelled_area_mm2)
-    metrics = slice_metrics(tables, truth, areas)
+    metrics = slice_metrics(tables, truth, areas, [str(path) for path in images])
     metrics["volumes"] = len(images)
     metrics["threshold"] = model.config.threshold
     return metrics

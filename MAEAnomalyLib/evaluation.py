@@ -58,11 +58,28 @@ def by_lesion_size(truth: np.ndarray, values: dict[str, np.ndarray], area: np.nd
     return {"normal": int((~truth).sum()), "groups": out}
 
 
+def by_volume(table: dict[str, np.ndarray], labelled: np.ndarray, name: str) -> dict:
+    """One volume's slices with foreground: the AUROC of each score within the volume (None unless it
+    has both classes), and the share of its normal and of its abnormal slices flagged at the threshold
+    (the table's ``abnormal`` column, when it has one). A pooled AUROC also ranks one volume's slices against another's,
+    so a volume whose healthy slices all score high lowers it without being visible in it."""
+    fg = np.asarray(table["skipped"]) == 0
+    y = np.asarray(labelled, dtype=bool)[fg]
+    both = 0 < y.sum() < len(y)
+    entry: dict = {"volume": name, "slices": int(fg.sum()), "abnormal": int(y.sum())}
+    entry["auroc"] = {n: float(roc_auc_score(y, sign * np.asarray(table[n])[fg])) if both else None
+                      for n, sign in SCORES.items()}
+    flagged = np.asarray(table["abnormal"])[fg].astype(bool) if "abnormal" in table else None
+    entry["flagged_normal"] = float(flagged[~y].mean()) if flagged is not None and (~y).any() else None
+    entry["flagged_abnormal"] = float(flagged[y].mean()) if flagged is not None and y.any() else None
+    return entry
+
+
 def slice_metrics(tables: list[dict[str, np.ndarray]], labelled: list[np.ndarray],
-                  lesion_area: list[np.ndarray] | None = None) -> dict:
+                  lesion_area: list[np.ndarray] | None = None, names: list[str] | None = None) -> dict:
     """Pools slices of all volumes; ``labelled[i][k]`` is True when slice k of volume i is abnormal.
     With ``lesion_area`` (the labelled area of each slice) it adds ``by_lesion_size`` over slices with
-    foreground."""
+    foreground. ``by_volume`` holds each volume's own figures, named by ``names``."""
     pooled = {name: np.concatenate([t[name] for t in tables]) for name in (*SCORES, "skipped")}
     truth = np.concatenate(labelled).astype(int)
     subsets = {"foreground_slices": pooled["skipped"] == 0, "all_slices": np.ones_like(truth, dtype=bool)}
@@ -86,11 +103,14 @@ def slice_metrics(tables: list[dict[str, np.ndarray]], labelled: list[np.ndarray
     if lesion_area is not None and truth[fg].sum() >= 3 and (1 - truth[fg]).sum() > 0:
         area = np.concatenate(lesion_area)[fg]
         out["by_lesion_size"] = by_lesion_size(truth[fg], {n: s * pooled[n][fg] for n, s in SCORES.items()}, area)
+    names = names or [f"volume {i + 1}" for i in range(len(tables))]
+    out["by_volume"] = [by_volume(t, y, n) for t, y, n in zip(tables, labelled, names, strict=True)]
     return out
 
 
 def format_metrics(metrics: dict) -> str:
-    """A plain-text table of the metrics of each subset of slices, then ``by_lesion_size`` if present."""
+    """A plain-text table of the metrics of each subset of slices, then ``by_lesion_size`` and
+    ``by_volume`` if present."""
     subsets = {k: v for k, v in metrics.items() if k.endswith("_slices")}
 
     def fmt(v: float | None) -> str:
@@ -117,4 +137,14 @@ def format_metrics(metrics: dict) -> str:
         for name in SCORES:
             cells = "".join(f"{fmt(g[name]):>24}" for g in entry["groups"])
             lines.append(f"{'by_lesion_size':<18}{LABELS.get(name, name):<16}{cells}")
+    if "by_volume" in metrics:
+        lines.append("Per volume (slices with foreground): AUROC within the volume, and the share of its normal "
+                     "and abnormal slices flagged at the threshold:")
+        heads = [LABELS.get(n, n) for n in SCORES]
+        lines.append(f"{'slices (abnormal)':<18}" + "".join(f"{h:>16}" for h in heads)
+                     + f"{'flagged normal':>16}{'flagged abnormal':>18}   volume")
+        for v in metrics["by_volume"]:
+            cells = "".join(f"{fmt(v['auroc'][n]):>16}" for n in SCORES)
+            lines.append(f"{v['slices']:>6} ({v['abnormal']})".ljust(18) + cells
+                         + f"{fmt(v['flagged_normal']):>16}{fmt(v['flagged_abnormal']):>18}   {v['volume']}")
     return "\n".join(lines)

@@ -59,3 +59,27 @@ def test_by_lesion_size_separates_small_lesions_from_large_ones() -> None:
     text = format_metrics(metrics)
     assert "AUROC by lesion area" in text and "10-" in text and "-300 mm2 (10)" in text
     assert "by_lesion_size" not in format_metrics(slice_metrics([table], [truth]))
+
+
+def test_by_volume_shows_a_volume_whose_normal_slices_all_score_high() -> None:
+    # Each volume ranks its own slices perfectly, but the second one's normal slices score above the
+    # first one's tumours: the pooled AUROC falls, and only the per-volume figures say where.
+    truth = [np.arange(20) >= 10, np.arange(20) >= 10]
+    scores = [np.r_[np.linspace(0.0, 0.2, 10), np.linspace(0.5, 0.6, 10)],
+              np.r_[np.linspace(0.7, 0.8, 10), np.linspace(0.9, 1.0, 10)]]
+    tables = [{"score": s, "mae_l1": s, "ssim": -s, "intensity_p995": s, "foreground_fraction": s,
+               "abnormal": (s >= 0.65).astype(int), "skipped": np.zeros(20, dtype=int)} for s in scores]
+    metrics = slice_metrics(tables, truth, names=["a.nii.gz", "b.nii.gz"])
+    assert metrics["foreground_slices"]["score"]["auroc"] < 0.8
+    first, second = metrics["by_volume"]
+    assert (first["volume"], first["slices"], first["abnormal"]) == ("a.nii.gz", 20, 10)
+    assert first["auroc"]["score"] == second["auroc"]["score"] == first["auroc"]["ssim"] == 1.0
+    assert (first["flagged_normal"], first["flagged_abnormal"]) == (0.0, 0.0)
+    assert (second["flagged_normal"], second["flagged_abnormal"]) == (1.0, 1.0)
+    text = format_metrics(metrics)
+    assert "Per volume" in text and text.rstrip().endswith("b.nii.gz")
+    # A table without decisions (no threshold column) still gets its AUROCs; a volume of one class none.
+    del tables[0]["abnormal"]
+    lone = slice_metrics(tables, [truth[0], np.zeros(20, dtype=bool)])["by_volume"]
+    assert lone[0]["flagged_normal"] is None and lone[0]["auroc"]["score"] == 1.0
+    assert lone[1]["volume"] == "volume 2" and lone[1]["auroc"]["score"] is None

@@ -8,13 +8,17 @@ AUROC and accuracy for each R. Usage:
 
     python benchmarks/healthy_validation.py MODEL_DIR --images V.nii.gz [--masks M.nii.gz]
         [--labels L.nii.gz] [--reconstructions 1,2,4,8] [--draws 3] [--flip]
+        [--task pseudo_abnormal.FIELD=VALUE ...]
 
 Slices are used as training uses them: enough foreground, and none of the label map's slices.
+The boxes are drawn as the model was trained to see them, unless ``--task`` changes the
+pseudo-abnormal settings: models trained on other boxes are then compared on one fixed task.
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
 import sys
 from pathlib import Path
 
@@ -22,6 +26,8 @@ import numpy as np
 import torch
 from sklearn.metrics import roc_auc_score
 
+from MAEAnomalyLib.cli import apply_overrides
+from MAEAnomalyLib.config import ModelConfig
 from MAEAnomalyLib.errors import MAEAnomalyError
 from MAEAnomalyLib.model_io import AnomalyModel, load_model
 from MAEAnomalyLib.models.classifier import anomaly_probability, classifier_input
@@ -58,6 +64,16 @@ def probabilities(model: AnomalyModel, differences: torch.Tensor, foreground: to
     return np.mean(out, axis=0)
 
 
+def validation_task(cfg: ModelConfig, settings: list[str]) -> ModelConfig:
+    """A copy of the model's config with the pseudo-abnormal ``settings`` applied."""
+    wrong = [s for s in settings if not s.startswith("pseudo_abnormal.")]
+    if wrong:
+        raise MAEAnomalyError(f"--task {wrong[0]}: only pseudo_abnormal settings define the validation task")
+    task = copy.deepcopy(cfg)
+    apply_overrides(task, settings)
+    return task
+
+
 def metrics(negatives: np.ndarray, positives: np.ndarray) -> tuple[float, float, float]:
     p = np.clip(np.concatenate([negatives, positives]), 1e-7, 1 - 1e-7)
     y = np.r_[np.zeros(len(negatives)), np.ones(len(positives))]
@@ -74,6 +90,8 @@ def main() -> None:
     parser.add_argument("--reconstructions", default="1,2,4,8", help="values of R, each dividing the largest")
     parser.add_argument("--draws", type=int, default=3, help="draws of pseudo-abnormal boxes per slice")
     parser.add_argument("--flip", action="store_true", help="also average over the left-right mirror image")
+    parser.add_argument("--task", action="append", default=[], metavar="pseudo_abnormal.FIELD=VALUE",
+                        help="draw the validation boxes with this setting instead of the model's (repeatable)")
     args = parser.parse_args()
     torch.set_grad_enabled(False)
 
@@ -81,6 +99,7 @@ def main() -> None:
     most = max(counts)
     try:
         model = load_model(args.model).eval()
+        task = validation_task(model.config, args.task)
         x, fg = healthy_slices(model, args.images, args.masks, args.labels)
     except MAEAnomalyError as error:
         sys.exit(f"error: {error}")
@@ -88,15 +107,16 @@ def main() -> None:
     generator = torch.Generator().manual_seed(0)
     recons = torch.cat([reconstruct_samples(model.mae, x[i:i + BATCH], cfg.train.reconstruction_passes, most,
                                             generator) for i in range(0, len(x), BATCH)], dim=1)
-    negatives = np.stack([probabilities(model, (r - x).abs(), fg, args.flip) for r in recons])
+    negatives = np.stack([probabilities(model, (r - x).abs(), fg, args.flip) for r in recons]).astype(np.float64)
     positives = np.zeros((args.draws, *negatives.shape))
     for d in range(args.draws):
         for k, r in enumerate(recons):  # the same boxes and betas in every reconstruction
-            pseudo, _ = make_pseudo_abnormal(r, cfg.pseudo_abnormal, torch.Generator().manual_seed(100 + d), fg)
+            pseudo, _ = make_pseudo_abnormal(r, task.pseudo_abnormal, torch.Generator().manual_seed(100 + d), fg)
             positives[d, k] = probabilities(model, (pseudo - x).abs(), fg, args.flip)
 
     print(f"{args.model}: {len(x)} healthy slices, {args.draws} draws of boxes, {most} reconstructions"
-          + (", with mirror images" if args.flip else ""))
+          + (", with mirror images" if args.flip else "")
+          + (f"; task: {', '.join(args.task)}" if args.task else ""))
     print("R   loss     AUROC    accuracy  (means over groups of R reconstructions and draws)")
     for r in counts:
         rows = [metrics(negatives[g:g + r].mean(0), positives[d, g:g + r].mean(0))
