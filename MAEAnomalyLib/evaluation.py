@@ -61,8 +61,8 @@ def by_lesion_size(truth: np.ndarray, values: dict[str, np.ndarray], area: np.nd
 def by_volume(table: dict[str, np.ndarray], labelled: np.ndarray, name: str) -> dict:
     """One volume's slices with foreground: the AUROC of each score within the volume (None unless it
     has both classes), and the share of its normal and of its abnormal slices flagged at the threshold
-    (the table's ``abnormal`` column, when it has one). A pooled AUROC also ranks one volume's slices against another's,
-    so a volume whose healthy slices all score high lowers it without being visible in it."""
+    (the table's ``abnormal`` column, when it has one). A pooled AUROC also ranks one volume's slices
+    against another's, so a volume whose healthy slices all score high lowers it unseen."""
     fg = np.asarray(table["skipped"]) == 0
     y = np.asarray(labelled, dtype=bool)[fg]
     both = 0 < y.sum() < len(y)
