@@ -61,7 +61,7 @@ def probabilities(model: AnomalyModel, differences: torch.Tensor, foreground: to
     for d, f in views:
         out.append(torch.cat([anomaly_probability(model.classifier(classifier_input(
             d[i:i + BATCH], f[i:i + BATCH], model.config.classifier))) for i in range(0, len(d), BATCH)]).numpy())
-    return np.mean(out, axis=0)
+    return np.mean(out, axis=0, dtype=np.float64)  # so that negatives and positives average over R alike
 
 
 def validation_task(cfg: ModelConfig, settings: list[str]) -> ModelConfig:
@@ -107,7 +107,7 @@ def main() -> None:
     generator = torch.Generator().manual_seed(0)
     recons = torch.cat([reconstruct_samples(model.mae, x[i:i + BATCH], cfg.train.reconstruction_passes, most,
                                             generator) for i in range(0, len(x), BATCH)], dim=1)
-    negatives = np.stack([probabilities(model, (r - x).abs(), fg, args.flip) for r in recons]).astype(np.float64)
+    negatives = np.stack([probabilities(model, (r - x).abs(), fg, args.flip) for r in recons])
     positives = np.zeros((args.draws, *negatives.shape))
     for d in range(args.draws):
         for k, r in enumerate(recons):  # the same boxes and betas in every reconstruction
