@@ -40,6 +40,11 @@ def auroc_difference(truth: np.ndarray, a: np.ndarray, b: np.ndarray, samples: i
     return {"difference": float(roc_auc_score(truth, a) - roc_auc_score(truth, b)), "ci95": [float(low), float(high)]}
 
 
+def _auroc(truth: np.ndarray, values: np.ndarray) -> float | None:
+    """AUROC, or None when the slices hold only one class."""
+    return float(roc_auc_score(truth, values)) if 0 < truth.sum() < len(truth) else None
+
+
 def by_lesion_size(truth: np.ndarray, values: dict[str, np.ndarray], area: np.ndarray, groups: int = 3) -> dict:
     """AUROC of each score with the abnormal slices split into ``groups`` equal-count groups by their
     lesion's area (smallest first), each group against every normal slice: a pooled AUROC averages
@@ -53,7 +58,7 @@ def by_lesion_size(truth: np.ndarray, values: dict[str, np.ndarray], area: np.nd
         y = truth[chosen]
         entry: dict = {"area_mm2": [float(bounds[g]), float(bounds[g + 1])], "abnormal": int(y.sum())}
         for name, v in values.items():
-            entry[name] = float(roc_auc_score(y, v[chosen])) if 0 < y.sum() < len(y) else None
+            entry[name] = _auroc(y, v[chosen])
         out.append(entry)
     return {"normal": int((~truth).sum()), "groups": out}
 
@@ -65,10 +70,8 @@ def by_volume(table: dict[str, np.ndarray], labelled: np.ndarray, name: str) -> 
     against another's, so a volume whose healthy slices all score high lowers it unseen."""
     fg = np.asarray(table["skipped"]) == 0
     y = np.asarray(labelled, dtype=bool)[fg]
-    both = 0 < y.sum() < len(y)
     entry: dict = {"volume": name, "slices": int(fg.sum()), "abnormal": int(y.sum())}
-    entry["auroc"] = {n: float(roc_auc_score(y, sign * np.asarray(table[n])[fg])) if both else None
-                      for n, sign in SCORES.items()}
+    entry["auroc"] = {n: _auroc(y, sign * np.asarray(table[n])[fg]) for n, sign in SCORES.items()}
     flagged = np.asarray(table["abnormal"])[fg].astype(bool) if "abnormal" in table else None
     entry["flagged_normal"] = float(flagged[~y].mean()) if flagged is not None and (~y).any() else None
     entry["flagged_abnormal"] = float(flagged[y].mean()) if flagged is not None and y.any() else None
