@@ -1,5 +1,6 @@
 """MAEAnomaly: per-slice anomaly scores and a difference map for a volume, with a masked autoencoder and
-a classifier (Georgescu, KES 2023). This file is the thin GUI; the work is in MAEAnomalyLib."""
+a classifier (Georgescu, KES 2023). This file is the thin GUI; the Slicer work is in SlicerMAEAnomalyLib
+beside it, and the method itself in the pure-Python library MAEAnomalyLib."""
 
 import enum
 import logging
@@ -28,15 +29,15 @@ if (_CHECKOUT / "MAEAnomalyLib" / "__init__.py").is_file() and str(_CHECKOUT) no
     sys.path.append(str(_CHECKOUT))
 
 from MAEAnomalyLib.errors import MAEAnomalyError  # noqa: E402
-from MAEAnomalyLib.logic import (  # noqa: E402
+from SlicerMAEAnomalyLib.dependencies import install_dependencies, plan_dependencies  # noqa: E402
+from SlicerMAEAnomalyLib.logic import MAEAnomalyLogic  # noqa: E402
+from SlicerMAEAnomalyLib.results import (  # noqa: E402
     DEFAULT_DISPLAY_THRESHOLD,
     DEFAULT_OPACITY,
     ROLE_ATTRIBUTE,
     ROLE_DIFFERENCE,
     ROLE_SCORES,
-    MAEAnomalyLogic,
 )
-from MAEAnomalyLib.slicer_deps import install_dependencies, plan_dependencies  # noqa: E402
 
 __all__ = ["MAEAnomaly", "MAEAnomalyLogic", "MAEAnomalyTest", "MAEAnomalyWidget"]
 
@@ -302,13 +303,13 @@ class MAEAnomalyTest(ScriptedLoadableModuleTest):
         self.test_MAEAnomaly_ScoreGeneratedVolume()
 
     def test_MAEAnomaly_ScoreGeneratedVolume(self) -> None:
-        from MAEAnomalyLib.slicer_deps import torch_installed
+        from SlicerMAEAnomalyLib.dependencies import torch_installed
 
         self.assertTrue(torch_installed(), "PyTorch is not installed: open the MAEAnomaly module and press "
                                            "Apply once to install the dependencies, then run the test again")
         from MAEAnomalyLib.config import preset
+        from MAEAnomalyLib.data.synthetic import write_cohort
         from MAEAnomalyLib.runtime import resolve_device
-        from MAEAnomalyLib.synthetic import write_cohort
         from MAEAnomalyLib.training import train
 
         with tempfile.TemporaryDirectory() as tmp:

@@ -3,102 +3,24 @@
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
-import shutil
 import sys
-import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from .config import PRESETS, ModelConfig, preset, setting_problem
+from .config import PRESETS, apply_overrides, preset
 from .errors import MAEAnomalyError
-
-DEMO_MARKER = ".maeanomaly-demo"
 
 
 def _log(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
 
 
-def apply_overrides(cfg: ModelConfig, overrides: Sequence[str]) -> None:
-    """Applies ``section.field=value`` settings, converting each value to the field's type."""
-    for item in overrides:
-        key, sep, raw = item.partition("=")
-        section_name, _, field_name = key.partition(".")
-        section = getattr(cfg, section_name, None)
-        if not sep or section is None or not dataclasses.is_dataclass(section) or not hasattr(section, field_name):
-            raise MAEAnomalyError(f"--set {item}: expected section.field=value, e.g. pseudo_abnormal.beta_mode=pixel")
-        current = getattr(section, field_name)
-        try:
-            if isinstance(current, bool):
-                if raw.lower() not in ("true", "false", "1", "0"):
-                    raise ValueError(raw)
-                value: object = raw.lower() in ("true", "1")
-            else:
-                value = type(current)(raw)
-        except ValueError:
-            raise MAEAnomalyError(f"--set {item}: '{raw}' is not a valid {type(current).__name__}") from None
-        problem = setting_problem(section_name, field_name, value)
-        if problem is not None:
-            raise MAEAnomalyError(f"--set {item}: {problem}")
-        setattr(section, field_name, value)
-
-
-def _check_out_dir(out: Path, resume: bool) -> None:
-    """Never replaces a finished model or silently restarts an unfinished run."""
-    if out.is_file():
-        raise MAEAnomalyError("--out must be a directory, but a file is there", out)
-    if resume:
-        return
-    if (out / "config.json").exists():
-        raise MAEAnomalyError("already holds a model; choose another --out or remove it", out)
-    if (out / "checkpoint").exists():
-        raise MAEAnomalyError("holds an unfinished run; pass --resume to continue it, or choose another --out", out)
-
-
-def expand_paths(items: Sequence[str] | None) -> list[str] | None:
-    """Paths as given, except that a folder becomes the volume files directly inside it (sorted by
-    name), or its subfolders when it holds only folders (DICOM series), and a ``.txt`` file becomes
-    the paths it lists, one a line (relative to the list's folder; blank lines and ``#`` comments skipped).
-
-    A folder with neither is kept as it is: a DICOM series.
-    """
-    from .io import VOLUME_SUFFIXES
-
-    if items is None:
-        return None
-    out: list[str] = []
-    for item in items:
-        path = Path(item)
-        if path.is_file() and path.suffix.lower() == ".txt":
-            try:
-                lines = [ln.strip() for ln in path.read_text(encoding="utf-8").splitlines()]
-            except (OSError, UnicodeDecodeError) as exc:
-                raise MAEAnomalyError(f"cannot read the list of paths ({exc.__class__.__name__})", path) from None
-            listed = [str(path.parent / ln) for ln in lines if ln and not ln.startswith("#")]
-            if not listed:
-                raise MAEAnomalyError("lists no paths", path)
-            out += listed
-        elif path.is_dir():
-            entries = sorted(p for p in path.iterdir() if not p.name.startswith("."))
-            volumes = [p for p in entries if p.is_file() and p.name.lower().endswith(VOLUME_SUFFIXES)]
-            folders = [p for p in entries if p.is_dir()]
-            if volumes:
-                out += [str(p) for p in volumes]
-            elif folders and not any(p.is_file() for p in entries):
-                out += [str(p) for p in folders]
-            else:
-                out.append(item)
-        else:
-            out.append(item)
-    return out
-
-
 def cmd_train(args: argparse.Namespace) -> int:
-    from .distributed import env_rank
+    from .data.inputs import expand_paths
     from .runtime import resolve_device
-    from .training import RunOptions, TrainingInterrupted, train
+    from .training import RunOptions, TrainingInterrupted, check_out_dir, train
+    from .training.distributed import env_rank
 
     # Under torchrun only rank 0 reports.
     log = _log if env_rank() == 0 else (lambda _: None)
@@ -116,7 +38,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         raise MAEAnomalyError(f"--max-minutes {args.max_minutes}: give a positive number of minutes")
     images, masks, labels = expand_paths(args.images), expand_paths(args.masks), expand_paths(args.labels)
     out = Path(args.out)
-    _check_out_dir(out, args.resume)
+    check_out_dir(out, args.resume)
     device = resolve_device(args.device)
     options = RunOptions(cache_dir=Path(args.cache_dir) if args.cache_dir else None, workers=args.workers,
                          max_minutes=args.max_minutes, compile=args.compile)
@@ -142,20 +64,11 @@ def _progress_printer(mode: str):
 
 
 def cmd_score(args: argparse.Namespace) -> int:
-    from .io import read_mask, read_volume, volume_name
-    from .model_io import load_model
-    from .outputs import write_score_outputs
     from .runtime import resolve_device
-    from .scoring import score_image
+    from .scoring.outputs import score_to_files
 
-    model = load_model(args.model)
-    device = resolve_device(args.device)
-    image = read_volume(args.image)
-    mask = read_mask(args.mask, image) if args.mask else None
-    result = score_image(model, image, mask, device, args.batch_size, _progress_printer(args.progress),
-                         source=str(args.image))
-    inputs = tuple(p for p in (args.image, args.mask) if p)
-    paths = write_score_outputs(result, args.out_dir, volume_name(args.image), protected=inputs)
+    result, paths = score_to_files(args.model, args.image, args.mask, args.out_dir, resolve_device(args.device),
+                                   args.batch_size, _progress_printer(args.progress))
     flagged = int(result.table["abnormal"].sum())
     _log(f"{len(result.table['score'])} slices scored, {flagged} above the threshold {result.threshold:.4f}")
     for kind, path in paths.items():
@@ -163,43 +76,9 @@ def cmd_score(args: argparse.Namespace) -> int:
     return 0
 
 
-def _check_pairs(images: Sequence, others: Sequence | None, flag: str) -> None:
-    if others is not None and len(others) != len(images):
-        raise MAEAnomalyError(f"{flag} gives {len(others)} files for {len(images)} images; they pair in order")
-
-
-def evaluate_cohort(model_dir: str | Path, images: Sequence, labels: Sequence, masks: Sequence | None,
-                    device_name: str = "auto", batch_size: int = 32) -> dict:
-    """Scores every volume and returns the slice-level metrics (see ``evaluation.slice_metrics``)."""
-    from tqdm import tqdm
-
-    from .evaluation import slice_metrics
-    from .model_io import load_model
-    from .preprocessing import prepare
-    from .runtime import resolve_device
-    from .scoring import score_prepared
-
-    _check_pairs(images, labels, "--labels")
-    _check_pairs(images, masks, "--masks")
-    model = load_model(model_dir)
-    device = resolve_device(device_name)
-    model.to(device)
-    tables, truth, areas = [], [], []
-    for i, path in enumerate(tqdm(images, desc="scoring volumes", unit="vol")):
-        prepared = prepare(path, model.config.preprocess, masks[i] if masks else None, labels[i],
-                           min_pixels=model.config.mae.patch_size)
-        tables.append(score_prepared(model, prepared, device, batch_size).table)
-        truth.append(prepared.labelled)
-        areas.append(prepared.labelled_area_mm2)
-    metrics = slice_metrics(tables, truth, areas, [str(path) for path in images])
-    metrics["volumes"] = len(images)
-    metrics["threshold"] = model.config.threshold
-    return metrics
-
-
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    from .evaluation import format_metrics
-    from .io import atomic_outputs
+    from .evaluation import evaluate_cohort, format_metrics
+    from .files import atomic_outputs
 
     metrics = evaluate_cohort(args.model, args.images, args.labels, args.masks, args.device, args.batch_size)
     print(format_metrics(metrics))
@@ -211,36 +90,15 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
+    from .demo import run_demo
     from .evaluation import format_metrics
-    from .synthetic import write_cohort
 
     out = Path(args.out_dir)
-    if out.exists() and any(out.iterdir()):
-        if not (out / DEMO_MARKER).exists():
-            raise MAEAnomalyError("exists and is not an earlier demo's output; choose another --out-dir", out)
-        shutil.rmtree(out)
-    out.mkdir(parents=True)
-    (out / DEMO_MARKER).write_text("written by 'maeanomaly demo'; safe to delete\n")
-    start = time.perf_counter()
-    _log(f"1/4 generating a synthetic cohort in {out / 'data'}")
-    healthy, lesioned = write_cohort(out / "data", healthy=args.healthy, lesioned=3, seed=0)
-    _log("2/4 training the 'tiny' preset on the healthy volumes")
-    train_args = ["train", "--preset", "tiny", "--out", str(out / "model"), "--device", args.device,
-                  "--images", *[str(h[0]) for h in healthy], "--masks", *[str(h[1]) for h in healthy]]
-    if args.quick:
-        train_args += ["--mae-epochs", "3", "--classifier-epochs", "1"]
-    main(train_args, raise_errors=True)
-    _log("3/4 scoring a volume with a synthetic lesion")
-    main(["score", "--model", str(out / "model"), "--image", str(lesioned[0][0]), "--mask", str(lesioned[0][1]),
-          "--out-dir", str(out / "scores"), "--device", args.device], raise_errors=True)
-    _log("4/4 evaluating on the lesioned volumes")
-    metrics = evaluate_cohort(out / "model", [str(p[0]) for p in lesioned], [str(p[2]) for p in lesioned],
-                              [str(p[1]) for p in lesioned], args.device)
-    (out / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
+    metrics, seconds = run_demo(out, args.healthy, args.device, args.quick, _log,
+                                lambda argv: main(argv, raise_errors=True))
     print(format_metrics(metrics))
     auroc = metrics["foreground_slices"]["score"]["auroc"]
-    print(f"demo finished in {time.perf_counter() - start:.0f} s: slice-level AUROC {auroc:.3f} "
-          f"(slices with foreground); outputs in {out}")
+    print(f"demo finished in {seconds:.0f} s: slice-level AUROC {auroc:.3f} (slices with foreground); outputs in {out}")
     return 0
 
 

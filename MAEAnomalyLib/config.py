@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
+
+from .errors import MAEAnomalyError
 
 FORMAT_VERSION = 1
 
@@ -58,14 +61,9 @@ class ClassifierConfig:
     # Zero the difference image outside the foreground mask, in training and scoring alike. The paper
     # feeds the whole image; off the brain the difference is reconstruction noise on empty background.
     masked_input: bool = False
-    # Stochastic depth, as in MAE fine-tuning (0.1 there); the paper does not say, so off by default.
-    drop_path_rate: float = 0.0
     # What the head reads: "token" the class token (paper, ViT); "avg", "max" or "avgmax" pool the
     # patch tokens, so that one small anomalous region need not be routed into the class token.
     global_pool: str = "token"
-    # Independently initialised classifiers trained side by side on the same batches, each on its own
-    # loss; the score averages their logits. 1: the paper's single classifier.
-    members: int = 1
 
 
 @dataclass
@@ -101,9 +99,6 @@ class TrainConfig:
     classifier_weight_decay: float = 0.05
     warmup_fraction: float = 0.05
     reconstruction_passes: int = 4
-    # Reconstructions of each training slice, each with other random masks; classifier epoch e uses
-    # variant e mod this. The paper reconstructs once; more variants give more distinct negatives.
-    reconstruction_variants: int = 1
     # Independent reconstructions (other masks) of each slice when scoring and calibrating; the
     # classifier's probabilities, the MAE errors and the difference map are their averages. The paper
     # scores one; the score of a single one varies with its random masks.
@@ -114,14 +109,7 @@ class TrainConfig:
     # lowest loss on the held-out healthy volumes against their pseudo-abnormal versions (never real
     # anomalies), which guards against over-fitting a small training set.
     classifier_selection: str = "last"
-    # Decay of an exponential moving average of the classifier's weights, updated every step; when above
-    # 0, validation, selection and the saved model use the average. 0: off (paper). On a small
-    # training set the weights of single steps jump between epochs; the average smooths that.
-    classifier_ema: float = 0.0
     hflip: bool = True
-    # Shift each classifier training sample by up to this fraction of the side (slice, reconstruction
-    # and mask together) against over-fitting a small training set; the paper does not augment.
-    classifier_shift: float = 0.0
     seed: int = 0
 
 
@@ -153,6 +141,7 @@ class ModelConfig:
             "pseudo_abnormal": PseudoAbnormalConfig,
             "train": TrainConfig,
         }
+        data = _without_removed(data)
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = set(data) - known
         if unknown:
@@ -179,6 +168,35 @@ class ModelConfig:
                 raise ValueError(f"{section}.{name} is {value!r}; {subject}{problem}")
 
 
+class RemovedSetting(ValueError):
+    """A model directory sets an option that was tried, not adopted, and removed (docs/experiments.md)."""
+
+
+# Options tried and removed, each with the value that meant "off": model directories written before
+# their removal still load when they hold that value.
+REMOVED: dict[tuple[str, str], Any] = {
+    ("classifier", "members"): 1,
+    ("classifier", "drop_path_rate"): 0.0,
+    ("train", "classifier_ema"): 0.0,
+    ("train", "classifier_shift"): 0.0,
+    ("train", "reconstruction_variants"): 1,
+}
+
+
+def _without_removed(data: dict[str, Any]) -> dict[str, Any]:
+    """``data`` less the removed options that hold their old default; RemovedSetting for any other value."""
+    data = dict(data)
+    for (section, name), off in REMOVED.items():
+        values = data.get(section)
+        if not isinstance(values, dict) or name not in values:
+            continue
+        if values[name] != off:
+            raise RemovedSetting(f"{section}.{name} is {values[name]!r}, a setting this version no longer supports "
+                                 f"(tried and removed; see docs/experiments.md); only {off!r} loads")
+        data[section] = {k: v for k, v in values.items() if k != name}
+    return data
+
+
 # Settings that take one of a few names.
 CHOICES: dict[tuple[str, str], tuple[str, ...]] = {
     ("pseudo_abnormal", "beta_mode"): ("box", "pixel"),
@@ -189,11 +207,6 @@ CHOICES: dict[tuple[str, str], tuple[str, ...]] = {
 # Settings that take a number in [low, high).
 RANGES: dict[tuple[str, str], tuple[float, float]] = {
     ("preprocess", "crop_margin"): (0, 1_000_000),
-    ("classifier", "drop_path_rate"): (0.0, 1.0),
-    ("classifier", "members"): (1, 17),
-    ("train", "classifier_shift"): (0.0, 0.5),
-    ("train", "classifier_ema"): (0.0, 1.0),
-    ("train", "reconstruction_variants"): (1, 101),
     ("train", "score_reconstructions"): (1, 101),
 }
 
@@ -245,10 +258,34 @@ def preset(name: str) -> ModelConfig:
     else:
         raise ValueError(f"unknown preset '{name}' (choose tiny, small or paper)")
     # Trained on a few hundred slices, the classifier learns little from boxes on empty background and
-    # an unmasked difference image, and over-fits soon (measured in benchmarks/README.md).
+    # an unmasked difference image, and over-fits soon (measured: docs/experiments.md).
     cfg.pseudo_abnormal.in_foreground = True
     cfg.classifier.masked_input = True
     return cfg
 
 
 PRESETS = ("tiny", "small", "paper")
+
+
+def apply_overrides(cfg: ModelConfig, overrides: Sequence[str]) -> None:
+    """Applies ``section.field=value`` settings, converting each value to the field's type."""
+    for item in overrides:
+        key, sep, raw = item.partition("=")
+        section_name, _, field_name = key.partition(".")
+        section = getattr(cfg, section_name, None)
+        if not sep or section is None or not dataclasses.is_dataclass(section) or not hasattr(section, field_name):
+            raise MAEAnomalyError(f"--set {item}: expected section.field=value, e.g. pseudo_abnormal.beta_mode=pixel")
+        current = getattr(section, field_name)
+        try:
+            if isinstance(current, bool):
+                if raw.lower() not in ("true", "false", "1", "0"):
+                    raise ValueError(raw)
+                value: object = raw.lower() in ("true", "1")
+            else:
+                value = type(current)(raw)
+        except ValueError:
+            raise MAEAnomalyError(f"--set {item}: '{raw}' is not a valid {type(current).__name__}") from None
+        problem = setting_problem(section_name, field_name, value)
+        if problem is not None:
+            raise MAEAnomalyError(f"--set {item}: {problem}")
+        setattr(section, field_name, value)

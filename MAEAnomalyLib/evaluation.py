@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from pathlib import Path
+
 import numpy as np
 from scipy.stats import rankdata
 from sklearn.metrics import average_precision_score, roc_auc_score
@@ -151,3 +154,30 @@ def format_metrics(metrics: dict) -> str:
             lines.append(f"{v['slices']:>6} ({v['abnormal']})".ljust(18) + cells
                          + f"{fmt(v['flagged_normal']):>16}{fmt(v['flagged_abnormal']):>18}   {v['volume']}")
     return "\n".join(lines)
+
+
+def evaluate_cohort(model_dir: str | Path, images: Sequence, labels: Sequence, masks: Sequence | None,
+                    device_name: str = "auto", batch_size: int = 32) -> dict:
+    """Scores every volume and returns the slice-level metrics (see ``slice_metrics``)."""
+    from tqdm import tqdm
+
+    from .data.inputs import sources
+    from .data.preprocessing import prepare
+    from .model_io import load_model
+    from .runtime import resolve_device
+    from .scoring.scores import score_prepared
+
+    volumes = sources(images, masks, labels)
+    model = load_model(model_dir)
+    device = resolve_device(device_name)
+    model.to(device)
+    tables, truth, areas = [], [], []
+    for image, mask, label in tqdm(volumes, desc="scoring volumes", unit="vol"):
+        prepared = prepare(image, model.config.preprocess, mask, label, min_pixels=model.config.mae.patch_size)
+        tables.append(score_prepared(model, prepared, device, batch_size).table)
+        truth.append(prepared.labelled)
+        areas.append(prepared.labelled_area_mm2)
+    metrics = slice_metrics(tables, truth, areas, [str(path) for path in images])
+    metrics["volumes"] = len(images)
+    metrics["threshold"] = model.config.threshold
+    return metrics

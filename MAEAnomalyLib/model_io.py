@@ -15,9 +15,9 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from .config import FORMAT_VERSION, ModelConfig
+from .config import FORMAT_VERSION, ModelConfig, RemovedSetting
 from .errors import MAEAnomalyError
-from .io import atomic_outputs
+from .files import atomic_outputs
 from .models import MaskedAutoencoder, build_classifier
 
 CONFIG_NAME = "config.json"
@@ -107,6 +107,8 @@ def load_config(directory: str | Path) -> ModelConfig:
             f"model format {version} is incompatible with this version of MAEAnomaly (format {FORMAT_VERSION})", path)
     try:
         return ModelConfig.from_dict(data)
+    except RemovedSetting as exc:
+        raise MAEAnomalyError(f"model cannot be loaded: {exc}", path) from None
     except (TypeError, ValueError) as exc:
         raise MAEAnomalyError(f"model is damaged: {exc}", path) from None
 

@@ -3,14 +3,19 @@
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 
 import pytest
 import torch
 
+# The Slicer-only package sits beside the module file, as Slicer puts it on the path.
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "MAEAnomaly"))
+
 from MAEAnomalyLib.config import preset
+from MAEAnomalyLib.data.synthetic import write_cohort
+from MAEAnomalyLib.model_io import AnomalyModel, save_model
 from MAEAnomalyLib.runtime import resolve_device
-from MAEAnomalyLib.synthetic import write_cohort
 from MAEAnomalyLib.training import train
 
 # Two cores on CI: the default thread count oversubscribes when pytest and torch share them.
@@ -22,6 +27,24 @@ def cohort(tmp_path_factory: pytest.TempPathFactory) -> dict[str, list[tuple[Pat
     """10 healthy and 3 lesioned generated subjects as (image, brain mask, label) paths."""
     healthy, lesioned = write_cohort(tmp_path_factory.mktemp("cohort"), healthy=10, lesioned=3, seed=0)
     return {"healthy": healthy, "lesioned": lesioned}
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Every test that needs the trained model is end to end, so ``slow``; ``-m "not slow"`` is the fast tier."""
+    for item in items:
+        if "tiny_model_dir" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.slow)
+
+
+@pytest.fixture(scope="session")
+def untrained_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A valid ``tiny`` model directory with random weights and a threshold: enough for every error path."""
+    torch.manual_seed(0)
+    cfg = preset("tiny")
+    cfg.threshold = 0.5
+    out = tmp_path_factory.mktemp("untrained") / "tiny"
+    save_model(AnomalyModel.from_config(cfg), out)
+    return out
 
 
 @pytest.fixture(scope="session")

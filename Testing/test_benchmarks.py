@@ -7,7 +7,10 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
+pytestmark = pytest.mark.slow  # each runs a benchmark script in a process of its own
 
 
 def _run(script: str, *args: object) -> subprocess.CompletedProcess:
@@ -42,9 +45,10 @@ def test_healthy_validation_draws_the_boxes_of_the_task_it_is_given(tiny_model_d
     assert _rows(own.stdout)[1][1] > 0.5  # the trained model does separate its own task's boxes
 
 
-def test_healthy_validation_rejects_a_task_setting_outside_pseudo_abnormal(tiny_model_dir: Path, cohort: dict) -> None:
+def test_healthy_validation_rejects_a_task_setting_outside_pseudo_abnormal(untrained_model_dir: Path,
+                                                                          cohort: dict) -> None:
     image = cohort["healthy"][0][0]
-    done = _run("healthy_validation.py", tiny_model_dir, "--images", image, "--task", "train.seed=3")
+    done = _run("healthy_validation.py", untrained_model_dir, "--images", image, "--task", "train.seed=3")
     assert done.returncode != 0
     assert done.stderr.strip().splitlines()[-1] == (
         "error: --task train.seed=3: only pseudo_abnormal settings define the validation task")

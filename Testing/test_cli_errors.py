@@ -7,20 +7,39 @@ import pickle
 import shutil
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from MAEAnomalyLib.synthetic import make_subject
+from MAEAnomalyLib.cli import main
+from MAEAnomalyLib.data.synthetic import make_subject
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def run_cli(*args: str) -> subprocess.CompletedProcess:
+def run_process(*args: str) -> subprocess.CompletedProcess:
+    """The command line in a process of its own, as a user runs it."""
     return subprocess.run([sys.executable, "-m", "MAEAnomalyLib", *args], capture_output=True, encoding="utf-8",
                           cwd=ROOT, timeout=300)
+
+
+@pytest.fixture
+def run_cli(capfd: pytest.CaptureFixture) -> Callable[..., subprocess.CompletedProcess]:
+    """The command line's ``main`` in this process (seconds faster than a new process each time), with
+    everything written to the stdout and stderr file descriptors captured, ITK's own messages included."""
+    def run(*args: str) -> subprocess.CompletedProcess:
+        capfd.readouterr()
+        try:
+            code = main(list(args))
+        except SystemExit as exc:  # argparse's own errors
+            code = exc.code
+        out, err = capfd.readouterr()
+        return subprocess.CompletedProcess(args, code, out, err)
+
+    return run
 
 
 def write(image: sitk.Image, path: Path) -> Path:
@@ -72,11 +91,13 @@ def inputs(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict]:
 
 @pytest.mark.parametrize("case", ["missing", "truncated", "garbage", "2d", "4d", "vector", "nan", "inf",
                                   "constant", "too_small", "mask_grid", "mask_size", "mask_missing"])
-def test_score_rejects_bad_input(case: str, inputs: tuple[Path, dict], tiny_model_dir: Path) -> None:
+def test_score_rejects_bad_input(run_cli: Callable, case: str, inputs: tuple[Path, dict],
+                                 untrained_model_dir: Path) -> None:
     tmp, cases = inputs
     image, mask, words = cases[case]
     out = tmp / f"out_{case}"
-    args = ["score", "--model", str(tiny_model_dir), "--image", str(image), "--out-dir", str(out), "--device", "cpu"]
+    args = ["score", "--model", str(untrained_model_dir), "--image", str(image), "--out-dir", str(out),
+            "--device", "cpu"]
     if mask is not None:
         args += ["--mask", str(mask)]
     result = run_cli(*args)
@@ -89,7 +110,7 @@ def test_score_rejects_bad_input(case: str, inputs: tuple[Path, dict], tiny_mode
     assert not out.exists() or not any(out.iterdir())
 
 
-def test_train_rejects_bad_volume_without_writing(inputs: tuple[Path, dict], cohort: dict) -> None:
+def test_train_rejects_bad_volume_without_writing(run_cli: Callable, inputs: tuple[Path, dict], cohort: dict) -> None:
     tmp, cases = inputs
     out = tmp / "model_out"
     result = run_cli("train", "--preset", "tiny", "--out", str(out), "--device", "cpu",
@@ -99,10 +120,11 @@ def test_train_rejects_bad_volume_without_writing(inputs: tuple[Path, dict], coh
     assert not out.exists()
 
 
-def test_evaluate_rejects_label_on_another_grid(inputs: tuple[Path, dict], tiny_model_dir: Path) -> None:
+def test_evaluate_rejects_label_on_another_grid(run_cli: Callable, inputs: tuple[Path, dict],
+                                                untrained_model_dir: Path) -> None:
     tmp, cases = inputs
     image, mask, _ = cases["mask_grid"]
-    result = run_cli("evaluate", "--model", str(tiny_model_dir), "--images", str(image), "--labels", str(mask),
+    result = run_cli("evaluate", "--model", str(untrained_model_dir), "--images", str(image), "--labels", str(mask),
                      "--device", "cpu", "--json", str(tmp / "m.json"))
     assert result.returncode == 2
     assert f"{mask}: label map grid differs" in result.stderr
@@ -144,8 +166,9 @@ def damaged_models(tmp: Path, model: Path) -> dict[str, tuple[Path, str]]:
 
 @pytest.mark.parametrize("case", ["missing_dir", "bad_json", "old_format", "truncated", "missing_weights",
                                   "mismatch", "pickle", "empty_dir"])
-def test_score_rejects_bad_model(case: str, tmp_path: Path, tiny_model_dir: Path, cohort: dict) -> None:
-    models = damaged_models(tmp_path, tiny_model_dir)
+def test_score_rejects_bad_model(run_cli: Callable, case: str, tmp_path: Path, untrained_model_dir: Path,
+                                 cohort: dict) -> None:
+    models = damaged_models(tmp_path, untrained_model_dir)
     path, words = models[case]
     model_arg = path.parent if path.name.endswith((".json", ".safetensors")) else path
     result = run_cli("score", "--model", str(model_arg), "--image", str(cohort["healthy"][0][0]),
@@ -163,18 +186,19 @@ def test_pickle_model_is_never_unpickled(tmp_path: Path, cohort: dict) -> None:
     evil = tmp_path / "evil.pt"
     # A pickle whose loading would create the marker file.
     evil.write_bytes(pickle.dumps(type("X", (), {"__reduce__": lambda self: (marker.touch, ())})()))
-    result = run_cli("score", "--model", str(evil), "--image", str(cohort["healthy"][0][0]),
-                     "--out-dir", str(tmp_path / "out"))
+    result = run_process("score", "--model", str(evil), "--image", str(cohort["healthy"][0][0]),
+                         "--out-dir", str(tmp_path / "out"))
     assert result.returncode == 2 and "pickle" in result.stderr
     assert not marker.exists()
 
 
-def test_cuda_without_gpu_is_a_clear_error(tiny_model_dir: Path, cohort: dict, tmp_path: Path) -> None:
+def test_cuda_without_gpu_is_a_clear_error(run_cli: Callable, untrained_model_dir: Path, cohort: dict,
+                                           tmp_path: Path) -> None:
     import torch
 
     if torch.cuda.is_available():
         pytest.skip("a GPU is present")
-    result = run_cli("score", "--model", str(tiny_model_dir), "--image", str(cohort["healthy"][0][0]),
+    result = run_cli("score", "--model", str(untrained_model_dir), "--image", str(cohort["healthy"][0][0]),
                      "--out-dir", str(tmp_path / "out"), "--device", "cuda")
     assert result.returncode == 2
     assert "no CUDA GPU" in result.stderr
@@ -184,14 +208,12 @@ def test_cuda_without_gpu_is_a_clear_error(tiny_model_dir: Path, cohort: dict, t
     ("train.classifier_selection=best", "choose last or best_validation"),
     ("pseudo_abnormal.beta_mode=voxel", "choose box or pixel"),
     ("classifier.masked_input=maybe", "'maybe' is not a valid bool"),
-    ("train.classifier_shift=0.6", "must be at least 0.0 and below 0.5"),
-    ("classifier.drop_path_rate=-0.1", "must be at least 0.0 and below 1.0"),
     ("preprocess.crop_margin=-2", "must be at least 0 and below 1000000"),
     ("train.score_reconstructions=0", "must be at least 1 and below 101"),
     ("classifier.global_pool=mean", "choose token, avg, max or avgmax"),
-    ("train.classifier_ema=1", "must be at least 0.0 and below 1.0"),
 ])
-def test_train_rejects_bad_setting_without_writing(cohort: dict, tmp_path: Path, setting: str, words: str) -> None:
+def test_train_rejects_bad_setting_without_writing(run_cli: Callable, cohort: dict, tmp_path: Path, setting: str,
+                                                   words: str) -> None:
     out = tmp_path / "model_out"
     result = run_cli("train", "--preset", "tiny", "--out", str(out), "--device", "cpu", "--set", setting,
                      "--images", *[str(h[0]) for h in cohort["healthy"][:2]])

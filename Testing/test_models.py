@@ -7,8 +7,8 @@ import torch
 
 from MAEAnomalyLib.config import PseudoAbnormalConfig, preset
 from MAEAnomalyLib.models import MaskedAutoencoder, build_classifier, init_classifier_from_mae
-from MAEAnomalyLib.pseudo_abnormal import box_masks, make_pseudo_abnormal
-from MAEAnomalyLib.reconstruction import reconstruct, reconstruct_samples
+from MAEAnomalyLib.models.pseudo_abnormal import box_masks, make_pseudo_abnormal
+from MAEAnomalyLib.models.reconstruction import reconstruct, reconstruct_samples
 
 
 @pytest.fixture
@@ -158,21 +158,6 @@ def test_pooled_classifier_reads_every_patch_and_takes_the_mae_norm(mae: MaskedA
     assert torch.equal(clf.fc_norm.weight, mae.norm.weight)
 
 
-def test_ensemble_members_learn_apart_and_score_together(mae: MaskedAutoencoder) -> None:
-    cfg = preset("tiny")
-    cfg.classifier.members = 3
-    torch.manual_seed(0)
-    ensemble = build_classifier(cfg.classifier, 64)
-    x = torch.rand(2, 1, 64, 64)
-    members = ensemble.train()(x)
-    assert members.shape == (3, 2, 1)  # one logit per member while training: each has its own loss
-    assert not torch.equal(members[0], members[1])  # independently initialised
-    assert torch.allclose(ensemble.eval()(x), members.mean(dim=0))  # scoring: their mean logit
-    init_classifier_from_mae(ensemble, mae)
-    for member in ensemble.members:
-        assert torch.equal(member.blocks[0].attn.qkv.weight, mae.blocks[0].attn.qkv.weight)
-
-
 def test_boxes_in_foreground_are_centred_on_it() -> None:
     cfg = PseudoAbnormalConfig(in_foreground=True)
     foreground = torch.zeros(50, 64, 64, dtype=torch.bool)
@@ -183,3 +168,21 @@ def test_boxes_in_foreground_are_centred_on_it() -> None:
         cy, cx = (rows.min() + rows.max()) / 2, (cols.min() + cols.max()) / 2
         assert 40 - 6 <= cy <= 50 + 6 and 5 - 6 <= cx <= 15 + 6
         assert (index[i] > 0)[foreground[i]].any()
+
+
+def test_each_box_is_scaled_by_one_beta_of_its_own() -> None:
+    """Paper, Sec. 3.3: every box is multiplied by a single β ~ U(0, 1), drawn for that box."""
+    cfg = PseudoAbnormalConfig(min_boxes=3, max_boxes=6)
+    recon = torch.full((8, 1, 64, 64), 0.5)
+    altered, index = make_pseudo_abnormal(recon, cfg, torch.Generator().manual_seed(0))
+    assert torch.equal(altered[index.unsqueeze(1) == 0], recon[index.unsqueeze(1) == 0])  # outside: untouched
+    for i in range(len(recon)):
+        betas = []
+        for b in index[i].unique().tolist():
+            if b == 0:
+                continue
+            factors = altered[i, 0][index[i] == b] / 0.5
+            assert torch.allclose(factors, factors[0].expand_as(factors)), "a box has more than one beta"
+            betas.append(float(factors[0]))
+        assert all(0.0 <= beta <= 1.0 for beta in betas)
+        assert len(set(betas)) == len(betas) >= 2, "boxes of one image share their beta"

@@ -12,7 +12,7 @@ import pytest
 import SimpleITK as sitk
 
 from MAEAnomalyLib.config import preset
-from MAEAnomalyLib.preprocessing import prepare
+from MAEAnomalyLib.data.preprocessing import prepare
 
 DATA = Path(os.environ.get("MAEANOMALY_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"))
 pytestmark = pytest.mark.skipif(not (DATA / "brats2015").is_dir(), reason=f"no real data at {DATA}")

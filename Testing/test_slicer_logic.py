@@ -17,16 +17,14 @@ from scipy.ndimage import maximum_filter, minimum_filter  # noqa: E402
 from vtk.util import numpy_support  # noqa: E402
 
 from MAEAnomalyLib.cli import main as cli_main  # noqa: E402
+from MAEAnomalyLib.data.synthetic import make_subject  # noqa: E402
 from MAEAnomalyLib.errors import MAEAnomalyError  # noqa: E402
-from MAEAnomalyLib.logic import (  # noqa: E402
-    INPUT_REFERENCE,
-    MAEAnomalyLogic,
-    ijk_to_ras_from_image,
-    image_from_volume,
-    world_ijk_to_ras,
-)
-from MAEAnomalyLib.score_table import SCORE_COLUMNS, read_table_csv  # noqa: E402
-from MAEAnomalyLib.synthetic import make_subject  # noqa: E402
+from MAEAnomalyLib.scoring.table import SCORE_COLUMNS, read_table_csv  # noqa: E402
+from SlicerMAEAnomalyLib.logic import MAEAnomalyLogic  # noqa: E402
+from SlicerMAEAnomalyLib.results import INPUT_REFERENCE  # noqa: E402
+from SlicerMAEAnomalyLib.volumes import ijk_to_ras_from_image, image_from_volume, world_ijk_to_ras  # noqa: E402
+
+pytestmark = pytest.mark.slow  # trains models or drives a real MRML scene end to end
 
 VIEWS = {"Red": "Axial", "Yellow": "Sagittal", "Green": "Coronal"}
 DISPLAY_THRESHOLD = 0.1

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from MAEAnomalyLib.errors import MAEAnomalyError
-from MAEAnomalyLib.slicer_deps import (
+from SlicerMAEAnomalyLib.dependencies import (
     PACKAGES_DECLINED,
     TORCH_DECLINED,
     TORCH_EXTENSION_MISSING,
@@ -92,9 +92,9 @@ def test_ui_declares_its_custom_widgets_and_is_valid() -> None:
     assert mrml_widgets <= receivers, "every MRML widget must receive the scene"
 
 
-def test_module_reexports_the_library_logic() -> None:
+def test_module_reexports_the_slicer_logic() -> None:
     imports = {alias.name for node in module_tree().body if isinstance(node, ast.ImportFrom)
-               and node.module == "MAEAnomalyLib.logic" for alias in node.names}
+               and node.module == "SlicerMAEAnomalyLib.logic" for alias in node.names}
     assert "MAEAnomalyLogic" in imports
     classes = {n.name for n in module_tree().body if isinstance(n, ast.ClassDef)}
     assert {"MAEAnomaly", "MAEAnomalyWidget", "MAEAnomalyTest"} <= classes
@@ -108,7 +108,8 @@ def test_module_and_logic_load_without_torch() -> None:
                   if isinstance(node, ast.ImportFrom) and node.module}
     assert not top_level & {"torch", "timm", "monai"}
     pytest.importorskip("slicer")
-    code = ("import sys, MAEAnomalyLib.logic, MAEAnomalyLib.slicer_deps, MAEAnomalyLib.background; "
+    code = ("import sys; sys.path.insert(0, 'MAEAnomaly'); import SlicerMAEAnomalyLib.logic, "
+            "SlicerMAEAnomalyLib.dependencies, SlicerMAEAnomalyLib.background; "
             "print(sorted(m for m in ('torch', 'timm', 'monai') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, encoding="utf-8", cwd=ROOT, check=True)
     assert out.stdout.strip() == "[]"
@@ -116,7 +117,7 @@ def test_module_and_logic_load_without_torch() -> None:
 
 def library_imports() -> set[str]:
     names = set()
-    for path in (ROOT / "MAEAnomalyLib").rglob("*.py"):
+    for path in [*(ROOT / "MAEAnomalyLib").rglob("*.py"), *(ROOT / "MAEAnomaly" / "SlicerMAEAnomalyLib").rglob("*.py")]:
         for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
             if isinstance(node, ast.Import):
                 names |= {a.name.split(".")[0] for a in node.names}

@@ -18,15 +18,17 @@ import SimpleITK as sitk
 import torch
 from safetensors.torch import load_file
 
-from MAEAnomalyLib.checkpoint import load_state
-from MAEAnomalyLib.cli import expand_paths
 from MAEAnomalyLib.config import ModelConfig, preset
+from MAEAnomalyLib.data.inputs import expand_paths
+from MAEAnomalyLib.data.preprocessing import prepare
+from MAEAnomalyLib.data.slice_cache import SliceCache, SliceRows
+from MAEAnomalyLib.data.synthetic import make_subject, write_cohort
 from MAEAnomalyLib.errors import MAEAnomalyError
 from MAEAnomalyLib.model_io import AnomalyModel, load_model
-from MAEAnomalyLib.preprocessing import prepare
-from MAEAnomalyLib.slice_cache import SliceCache, SliceRows
-from MAEAnomalyLib.synthetic import make_subject, write_cohort
 from MAEAnomalyLib.training import RunOptions, train
+from MAEAnomalyLib.training.checkpoint import load_state
+
+pytestmark = pytest.mark.slow  # trains models or drives a real MRML scene end to end
 
 ROOT = Path(__file__).resolve().parents[1]
 # Small and quick, with enough batches per epoch (4 training volumes, ~100 slices, batch 8) for a

@@ -24,8 +24,8 @@ from pathlib import Path
 
 import numpy as np
 
-from MAEAnomalyLib.cli import evaluate_cohort, main
-from MAEAnomalyLib.evaluation import format_metrics
+from MAEAnomalyLib.cli import main
+from MAEAnomalyLib.evaluation import evaluate_cohort, format_metrics
 
 TRAIN_CASES = ("pat0001", "pat0002", "pat0003", "pat0004")
 TEST_CASES = ("pat0005", "pat0006")
@@ -105,10 +105,10 @@ def native_heuristic(data: Path) -> dict:
 
 def ixi(data: Path, work: Path, args: argparse.Namespace) -> dict:
     """Trains on the first --ixi-train healthy IXI volumes; scores the rest; reports the FPR."""
+    from MAEAnomalyLib.data.preprocessing import prepare
     from MAEAnomalyLib.model_io import load_model
-    from MAEAnomalyLib.preprocessing import prepare
     from MAEAnomalyLib.runtime import resolve_device
-    from MAEAnomalyLib.scoring import score_prepared
+    from MAEAnomalyLib.scoring.scores import score_prepared
 
     root = data / "ixi-t1"
     images = sorted(root.glob("IXI*_T1.nii.gz"))

@@ -26,15 +26,14 @@ import numpy as np
 import torch
 from sklearn.metrics import roc_auc_score
 
-from MAEAnomalyLib.cli import apply_overrides
-from MAEAnomalyLib.config import ModelConfig
+from MAEAnomalyLib.config import ModelConfig, apply_overrides
+from MAEAnomalyLib.data.preprocessing import prepare
+from MAEAnomalyLib.data.slice_cache import healthy_rows
 from MAEAnomalyLib.errors import MAEAnomalyError
 from MAEAnomalyLib.model_io import AnomalyModel, load_model
 from MAEAnomalyLib.models.classifier import anomaly_probability, classifier_input
-from MAEAnomalyLib.preprocessing import prepare
-from MAEAnomalyLib.pseudo_abnormal import make_pseudo_abnormal
-from MAEAnomalyLib.reconstruction import reconstruct_samples
-from MAEAnomalyLib.slice_cache import healthy_rows
+from MAEAnomalyLib.models.pseudo_abnormal import make_pseudo_abnormal
+from MAEAnomalyLib.models.reconstruction import reconstruct_samples
 
 BATCH = 32
 

@@ -5,7 +5,8 @@ Scores a generated skull-stripped 240×240×155 head (BraTS-sized) through the p
 preset and precision: slices per second, seconds per volume, peak memory, the FLOPs counted with
 ``torch.utils.flop_counter``, the achieved FLOP/s, the dense matmul FLOP/s measured in the same run
 and precision, and the speed-up over a per-slice, batch-1, pass-after-pass loop (the way the
-reference implementation scores). A second table gives training throughput for both networks.
+reference implementation scores). A second table gives training throughput for both networks, timed
+through the training loop's own optimisation step and the stages' own data (not a copy of them).
 
 Run from the repository root (one command; the default finishes in a few minutes on 2 CPU cores):
 
@@ -39,15 +40,19 @@ from torch.utils.flop_counter import FlopCounterMode
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
-from MAEAnomalyLib import scoring
 from MAEAnomalyLib.config import PRESETS, ModelConfig, preset
-from MAEAnomalyLib.io import read_mask, read_volume, to_canonical
+from MAEAnomalyLib.data.io import read_mask, read_volume, to_canonical
+from MAEAnomalyLib.data.preprocessing import PreparedVolume, prepare_image
+from MAEAnomalyLib.data.slice_cache import SliceCache, SliceRows
+from MAEAnomalyLib.data.synthetic import make_subject
 from MAEAnomalyLib.model_io import AnomalyModel
-from MAEAnomalyLib.models.classifier import anomaly_probability, classifier_loss
-from MAEAnomalyLib.preprocessing import PreparedVolume, prepare_image
-from MAEAnomalyLib.pseudo_abnormal import make_pseudo_abnormal
-from MAEAnomalyLib.reconstruction import reconstruct
-from MAEAnomalyLib.synthetic import make_subject
+from MAEAnomalyLib.models.classifier import anomaly_probability
+from MAEAnomalyLib.models.reconstruction import reconstruct
+from MAEAnomalyLib.scoring import scores as scoring
+from MAEAnomalyLib.training.distributed import Dist, StopControl
+from MAEAnomalyLib.training.loop import Progress, Run, RunOptions, make_loader, make_optimizer, optimisation_step
+from MAEAnomalyLib.training.samples import EpochBatches
+from MAEAnomalyLib.training.stages import ClassifierStage, MAEStage
 
 VOLUME_SHAPE = (155, 240, 240)  # (Z, Y, X), the BraTS grid
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
@@ -316,63 +321,53 @@ def bench_scoring(cfg: ModelConfig, volume: Volume, dtype: str, args: argparse.N
 # --- training -------------------------------------------------------------------------------------
 def bench_training(cfg: ModelConfig, volume: Volume, dtype: str, args: argparse.Namespace,
                    device: torch.device) -> list[dict[str, object]]:
-    """Images per second of one optimisation step (forward, backward, AdamW) for the MAE and the classifier."""
+    """Images per second of one optimisation step of each stage (forward, backward, AdamW, schedule),
+    timed through the training code itself: ``training.loop.optimisation_step`` on the batches the
+    stages' own datasets make (for the classifier: negatives and pseudo-abnormal positives)."""
     tc, fn = cfg.train, precision(device, dtype)
     batch = args.train_batch or tc.batch_size
     if args.train_batch is None and device.type == "cpu":
         batch = min(batch, CPU_TRAIN_BATCH.get(cfg.preset, batch))
-    sub_image, sub_mask = volume.subset(8, False)
-    slices = prepare_image(sub_image, cfg.preprocess, sub_mask, min_pixels=cfg.mae.patch_size).slices
-    images = slices[torch.arange(batch) % slices.shape[0]].to(device)
+    tc.batch_size = tc.classifier_batch_size = batch
     model = AnomalyModel.from_config(cfg)
-    generator = torch.Generator().manual_seed(0)
-
-    def adamw(net: torch.nn.Module, lr: float, wd: float) -> torch.optim.Optimizer:
-        # As in training.Trainer: AdamW, betas (0.9, 0.95), fused on CUDA.
-        return torch.optim.AdamW(net.parameters(), lr=lr, betas=(0.9, 0.95), weight_decay=wd,
-                                 fused=device.type == "cuda")
-
-    mae = model.mae.to(device)
-    opt = adamw(mae, tc.mae_lr, tc.mae_weight_decay)
-
-    def mae_step() -> None:
+    rows_out = []
+    with tempfile.TemporaryDirectory(prefix="maeanomaly-speed-train-") as tmp:
+        image, mask = volume.subset(batch, False)
+        sitk.WriteImage(image, f"{tmp}/train.nrrd")
+        paths = (Path(f"{tmp}/train.nrrd"), None)
+        if mask is not None:
+            sitk.WriteImage(mask, f"{tmp}/mask.nrrd")
+            paths = (paths[0], Path(f"{tmp}/mask.nrrd"))
+        cache = SliceCache(Path(tmp) / "cache", cfg.preprocess, cfg.mae.patch_size)
+        rows = SliceRows([cache.ensure(cache.key(*paths), *paths)], 0.0)
+        dist = Dist(device=device)
+        run = Run(dist, StopControl(dist), RunOptions(), len(rows), tc.warmup_fraction, tc.seed,
+                  save=lambda *_: None, checkpoint_dir=Path(tmp), log=lambda _: None, show_progress=False)
+        progress = Progress()
+        stages = [("MAE", MAEStage(model, rows, rows, run, progress).stage(), batch)]
         with fn():
-            loss, _, _ = mae(images, generator)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
+            stages.append(("classifier", ClassifierStage(model, rows, rows, run, progress, Path(tmp)).stage(),
+                           2 * batch))
+        for name, stage, per_step in stages:
+            net = stage.net.to(device).train()
+            opt, sched = make_optimizer(net, stage, run)
+            sampler = EpochBatches(len(rows), stage.batch, tc.seed, stage.name, stage.epochs, (0, 0), dist.rows)
+            (step, _), data = next(sampler.steps()), next(iter(make_loader(stage.data, sampler, 0, device)))
 
-    clf = model.classifier.to(device).train()
-    copt = adamw(clf, tc.classifier_lr, tc.classifier_weight_decay)
-    with torch.no_grad(), fn():
-        recons = reconstruct(mae.eval(), images, tc.reconstruction_passes, generator).float().cpu()
-    originals = images.cpu()
-    targets = torch.cat([torch.zeros(batch), torch.ones(batch)]).to(device)
+            def one_step(stage=stage, net=net, data=data, step=step, opt=opt, sched=sched) -> None:
+                with fn():
+                    optimisation_step(stage, net, data, step, opt, sched)
 
-    def classifier_step() -> None:
-        # As in training.Trainer: negatives |recon - image|, positives from the pseudo-abnormal module.
-        pseudo, _ = make_pseudo_abnormal(recons, cfg.pseudo_abnormal, generator)
-        inputs = torch.cat([(recons - originals).abs(), (pseudo - originals).abs()]).to(device)
-        with fn():
-            logits = clf(inputs)
-        loss = classifier_loss(logits, targets, cfg.classifier)
-        copt.zero_grad(set_to_none=True)
-        loss.backward()
-        copt.step()
-
-    mae.train()
-    rows = []
-    for name, step, per_step in (("MAE", mae_step, batch), ("classifier", classifier_step, 2 * batch)):
-        mm = matmul_rate(device, DTYPES[dtype])
-        flops = count_flops(step)  # also the first, warm-up step
-        step()
-        timing = best(step, device, args.train_steps)
-        mm = mm + matmul_rate(device, DTYPES[dtype])
-        rows.append({"preset": cfg.preset, "dtype": dtype, "network": name, "images/step": per_step,
-                     "images/s": per_step / timing.wall, "GFLOP/image": flops / per_step / 1e9,
-                     **ratios(Rate(flops, timing), mm, device)})
-    rows[-1]["peak RSS GB"] = rows[0]["peak RSS GB"] = peak_memory_gb(device)[0]
-    return rows
+            mm = matmul_rate(device, DTYPES[dtype])
+            flops = count_flops(one_step)  # also the first, warm-up step
+            one_step()
+            timing = best(one_step, device, args.train_steps)
+            mm = mm + matmul_rate(device, DTYPES[dtype])
+            rows_out.append({"preset": cfg.preset, "dtype": dtype, "network": name, "images/step": per_step,
+                             "images/s": per_step / timing.wall, "GFLOP/image": flops / per_step / 1e9,
+                             **ratios(Rate(flops, timing), mm, device)})
+    rows_out[-1]["peak RSS GB"] = rows_out[0]["peak RSS GB"] = peak_memory_gb(device)[0]
+    return rows_out
 
 
 # --- output -------------------------------------------------------------------------------------

@@ -32,7 +32,7 @@ MIB = 1024 * 1024
 
 def write_volumes(directory: Path, count: int) -> tuple[Path, Path]:
     """``count`` healthy subjects: images in ``images/``, brain masks in ``masks/`` (reused if present)."""
-    from MAEAnomalyLib.synthetic import make_subject
+    from MAEAnomalyLib.data.synthetic import make_subject
 
     images, masks = directory / "images", directory / "masks"
     for folder in (images, masks):

@@ -2,7 +2,7 @@
 logic (vtkMRMLSliceLogic from the slicer-core wheel), exactly as the slice views would show it.
 
     scripts/env.sh  # once, for the environment
-    PYTHONPATH=. python scripts/make_slicer_images.py [--model DIR] [--out Resources]
+    PYTHONPATH=.:MAEAnomaly python scripts/make_slicer_images.py [--model DIR] [--out Resources]
 
 Without --model it trains the 'tiny' preset on generated heads first (a few minutes on a CPU).
 """
@@ -24,7 +24,7 @@ import torch
 import vtk
 from vtk.util import numpy_support
 
-from MAEAnomalyLib.logic import MAEAnomalyLogic
+from SlicerMAEAnomalyLib.logic import MAEAnomalyLogic
 
 ROOT = Path(__file__).resolve().parent.parent
 VIEWS = (("Red", "Axial", "#f34a33"), ("Yellow", "Sagittal", "#edd54c"), ("Green", "Coronal", "#6eb04b"))
@@ -35,8 +35,8 @@ SUBJECT_SEED = 5
 
 def train_tiny(directory: Path) -> Path:
     from MAEAnomalyLib.config import preset
+    from MAEAnomalyLib.data.synthetic import write_cohort
     from MAEAnomalyLib.runtime import resolve_device
-    from MAEAnomalyLib.synthetic import write_cohort
     from MAEAnomalyLib.training import train
 
     healthy, _ = write_cohort(directory / "data", healthy=10, lesioned=0, seed=0)
@@ -74,7 +74,7 @@ def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="maeanomaly-images-"))
     try:
         model = args.model or train_tiny(work)
-        from MAEAnomalyLib.synthetic import make_subject
+        from MAEAnomalyLib.data.synthetic import make_subject
 
         image_path, mask_path, label_path = make_subject(SUBJECT_SEED, lesion=True).write(work / "case", "case")
 

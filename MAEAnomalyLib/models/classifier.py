@@ -5,50 +5,22 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from timm.models.vision_transformer import VisionTransformer
-from torch import nn
 
 from ..config import ClassifierConfig
 from .mae import MaskedAutoencoder
 
 
-class ClassifierEnsemble(nn.Module):
-    """Several classifiers on the same input. In training mode it returns every member's logits,
-    (members, N, classes), so that each learns on its own loss (an ensemble, not one wide network);
-    in eval mode their mean, (N, classes), like a single classifier (as timm's distilled ViT does)."""
-
-    def __init__(self, members: list[VisionTransformer]) -> None:
-        super().__init__()
-        self.members = nn.ModuleList(members)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        logits = torch.stack([member(x) for member in self.members])
-        return logits if self.training else logits.mean(dim=0)
-
-
-def build_classifier(cfg: ClassifierConfig, image_size: int) -> VisionTransformer | ClassifierEnsemble:
-    """One input channel; one logit, or two when the reference code's 2-class loss is chosen.
-    With ``cfg.members`` > 1, that many independently initialised classifiers."""
-    if cfg.members > 1:
-        return ClassifierEnsemble([_vit(cfg, image_size) for _ in range(cfg.members)])
-    return _vit(cfg, image_size)
-
-
-def _vit(cfg: ClassifierConfig, image_size: int) -> VisionTransformer:
+def build_classifier(cfg: ClassifierConfig, image_size: int) -> VisionTransformer:
+    """One input channel; one logit, or two when the reference code's 2-class loss is chosen."""
     return VisionTransformer(
-        img_size=image_size, patch_size=cfg.patch_size, in_chans=1,
-        num_classes=2 if cfg.head == "softmax" else 1,
+        img_size=image_size, patch_size=cfg.patch_size, in_chans=1, num_classes=2 if cfg.head == "softmax" else 1,
         embed_dim=cfg.embed_dim, depth=cfg.depth, num_heads=cfg.num_heads, mlp_ratio=cfg.mlp_ratio,
-        global_pool=cfg.global_pool, class_token=True, drop_path_rate=cfg.drop_path_rate,
+        global_pool=cfg.global_pool, class_token=True,
     )
 
 
-def init_classifier_from_mae(classifier: VisionTransformer | ClassifierEnsemble, mae: MaskedAutoencoder) -> None:
-    """Copies the MAE encoder (patch embedding, blocks, norm) into the classifier (into each member of an
-    ensemble), as the reference code does."""
-    if isinstance(classifier, ClassifierEnsemble):
-        for member in classifier.members:
-            init_classifier_from_mae(member, mae)
-        return
+def init_classifier_from_mae(classifier: VisionTransformer, mae: MaskedAutoencoder) -> None:
+    """Copies the MAE encoder (patch embedding, blocks, norm) into the classifier, as the reference code does."""
     if classifier.embed_dim != mae.cfg.embed_dim or len(classifier.blocks) != len(mae.blocks):
         raise ValueError("classifier and MAE encoder sizes differ; cannot initialise from the MAE")
     with torch.no_grad():
@@ -74,11 +46,7 @@ def anomaly_probability(logits: torch.Tensor) -> torch.Tensor:
 
 
 def classifier_loss(logits: torch.Tensor, targets: torch.Tensor, cfg: ClassifierConfig) -> torch.Tensor:
-    """The training loss of (N, classes) logits against 0/1 targets; of an ensemble's (members, N,
-    classes), the mean of the members' losses."""
-    if logits.dim() == 3:
-        targets = targets.repeat(len(logits))
-        logits = logits.flatten(0, 1)
+    """The training loss of (N, classes) logits against 0/1 targets."""
     if cfg.head == "softmax":
         return F.cross_entropy(logits.float(), targets.long(), label_smoothing=cfg.label_smoothing)
     return F.binary_cross_entropy_with_logits(logits.float()[:, 0], targets)

@@ -4,11 +4,15 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .errors import MAEAnomalyError
-from .io import atomic_outputs
+import torch
+
+from ..data.io import read_mask, read_volume, volume_name
+from ..errors import MAEAnomalyError
+from ..files import atomic_outputs
+from ..model_io import load_model
 from .report import render_report
-from .score_table import table_to_csv
-from .scoring import VolumeScores
+from .scores import ProgressFn, VolumeScores, score_image
+from .table import table_to_csv
 
 
 def output_paths(out_dir: str | Path, name: str) -> dict[str, Path]:
@@ -30,3 +34,15 @@ def write_score_outputs(result: VolumeScores, out_dir: str | Path, name: str,
         writer.write_image(result.difference, paths["difference"])
         writer.write_bytes(render_report(result, name), paths["report"])
     return paths
+
+
+def score_to_files(model_dir: str | Path, image_path: str | Path, mask_path: str | Path | None,
+                   out_dir: str | Path, device: torch.device, batch_size: int = 32,
+                   progress: ProgressFn | None = None) -> tuple[VolumeScores, dict[str, Path]]:
+    """``maeanomaly score``: scores one volume file and writes its outputs beside none of its inputs."""
+    model = load_model(model_dir)
+    image = read_volume(image_path)
+    mask = read_mask(mask_path, image) if mask_path else None
+    result = score_image(model, image, mask, device, batch_size, progress, source=str(image_path))
+    inputs = tuple(p for p in (image_path, mask_path) if p)
+    return result, write_score_outputs(result, out_dir, volume_name(image_path), protected=inputs)

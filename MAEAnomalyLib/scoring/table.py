@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import MAEAnomalyError
+from ..errors import MAEAnomalyError
 
 # One row per axial slice, inferior first; the CLI's CSV and the Slicer table share these columns.
 SCORE_COLUMNS = ("slice_index", "position_mm", "score", "mae_l1", "ssim", "intensity_p995",

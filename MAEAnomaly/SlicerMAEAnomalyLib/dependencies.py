@@ -19,7 +19,7 @@ try:
 except ImportError:  # every Slicer ships pip, which vendors packaging
     from pip._vendor.packaging.requirements import InvalidRequirement, Requirement
 
-from .errors import MAEAnomalyError
+from MAEAnomalyLib.errors import MAEAnomalyError
 
 ConfirmFn = Callable[[str], bool]
 

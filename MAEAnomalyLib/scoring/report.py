@@ -10,7 +10,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import numpy as np
 
-from .scoring import VolumeScores
+from .scores import VolumeScores
 
 
 def render_report(result: VolumeScores, title: str, top: int = 4) -> bytes:

@@ -1,18 +1,10 @@
-"""The Slicer module's logic: volume nodes in, a score table, a difference map and a chart out.
-
-It needs MRML (``slicer`` and ``vtk``) but no ``slicer.app`` and no Qt, so it runs on a bare
-``vtkMRMLScene`` from the slicer-core wheel as well as inside the application. torch is imported only
-when scoring runs in this process, so that the module loads (and can offer to install torch) without it.
-"""
+"""The result nodes of a scored volume: the score table, the difference volume shown over the input
+in the slice views, the score chart, and navigation to a slice. Each output refers to its input volume,
+so that scoring it again replaces the outputs instead of adding new ones."""
 
 from __future__ import annotations
 
-import json
-import shutil
-import tempfile
-from collections.abc import Callable, Iterator, Mapping
-from dataclasses import dataclass, field
-from pathlib import Path
+from collections.abc import Iterator, Mapping
 
 import numpy as np
 import SimpleITK as sitk
@@ -20,10 +12,10 @@ import slicer
 import vtk
 from vtk.util import numpy_support
 
-from .background import JobStatus, ScoringJob
-from .errors import MAEAnomalyError
-from .io import check_same_grid
-from .score_table import INTEGER_COLUMNS, read_table_csv
+from MAEAnomalyLib.errors import MAEAnomalyError
+from MAEAnomalyLib.scoring.table import INTEGER_COLUMNS
+
+from .volumes import vtk_image
 
 MODULE_NAME = "MAEAnomaly"
 # Every output points at its input volume through this reference, so re-running replaces it; MRML
@@ -51,241 +43,29 @@ COLOR_NODE_ID = "vtkMRMLColorTableNodeIron"
 DEFAULT_OPACITY = 0.6
 # Differences are in units of the normalised intensity range (0..1); healthy tissue stays mostly below.
 DEFAULT_DISPLAY_THRESHOLD = 0.2
-_RAS_TO_LPS = np.diag([-1.0, -1.0, 1.0])
-
-ProgressFn = Callable[[float], None]
 
 
-def world_ijk_to_ras(volume: slicer.vtkMRMLVolumeNode) -> np.ndarray:
-    """The 4x4 IJK-to-world-RAS matrix of a volume, including any linear parent transform."""
-    local = vtk.vtkMatrix4x4()
-    volume.GetIJKToRASMatrix(local)
-    matrix = _array_from_matrix(local)
-    parent = volume.GetParentTransformNode()
-    if parent is not None:
-        if not parent.IsTransformToWorldLinear():
-            raise MAEAnomalyError("is under a non-linear transform; harden the transform first", volume.GetName())
-        to_world = vtk.vtkMatrix4x4()
-        parent.GetMatrixTransformToWorld(to_world)
-        matrix = _array_from_matrix(to_world) @ matrix
-    return matrix
+def _plot_column(series: slicer.vtkMRMLPlotSeriesNode, table: slicer.vtkMRMLTableNode, column: str,
+                 marker: int, line: int, color: tuple[float, float, float]) -> None:
+    """Plots ``column`` of ``table`` against the slice position."""
+    series.SetAndObserveTableNodeID(table.GetID())
+    series.SetXColumnName("position_mm")
+    series.SetYColumnName(column)
+    series.SetPlotType(slicer.vtkMRMLPlotSeriesNode.PlotTypeScatter)
+    series.SetMarkerStyle(marker)
+    series.SetLineStyle(line)
+    series.SetColor(*color)
 
 
-def _array_from_matrix(matrix: vtk.vtkMatrix4x4) -> np.ndarray:
-    return np.array([[matrix.GetElement(r, c) for c in range(4)] for r in range(4)])
-
-
-def _matrix_from_array(array: np.ndarray) -> vtk.vtkMatrix4x4:
-    matrix = vtk.vtkMatrix4x4()
-    for r in range(4):
-        for c in range(4):
-            matrix.SetElement(r, c, float(array[r, c]))
-    return matrix
-
-
-def image_from_volume(volume: slicer.vtkMRMLVolumeNode, kind: str = "image") -> sitk.Image:
-    """A float32 SimpleITK copy of a scalar volume node in world LPS coordinates (SimpleITK's convention)."""
-    name = volume.GetName()
-    data = volume.GetImageData()
-    if data is None or data.GetPointData().GetScalars() is None:
-        raise MAEAnomalyError(f"{kind} volume has no voxels", name)
-    if data.GetNumberOfScalarComponents() != 1:
-        raise MAEAnomalyError(
-            f"{kind} has {data.GetNumberOfScalarComponents()} components per voxel; a scalar volume is needed", name)
-    nx, ny, nz = data.GetDimensions()
-    # numpy_support returns a view of the node's buffer; astype copies, so the node is never written to.
-    values = numpy_support.vtk_to_numpy(data.GetPointData().GetScalars()).reshape(nz, ny, nx).astype(np.float32)
-    if not np.isfinite(values).all():
-        raise MAEAnomalyError(f"{kind} contains NaN or infinite voxels", name)
-    if kind == "image" and values.size and values.min() == values.max():
-        raise MAEAnomalyError(f"image is constant (every voxel is {float(values.min()):g})", name)
-    if kind == "mask" and not (values > 0).any():
-        raise MAEAnomalyError("mask is empty", name)
-    image = sitk.GetImageFromArray(values)
-    ijk_to_ras = world_ijk_to_ras(volume)
-    spacing = np.linalg.norm(ijk_to_ras[:3, :3], axis=0)
-    if np.any(spacing == 0):
-        raise MAEAnomalyError(f"{kind} has zero voxel spacing", name)
-    image.SetSpacing(spacing.tolist())
-    image.SetDirection((_RAS_TO_LPS @ (ijk_to_ras[:3, :3] / spacing)).ravel().tolist())
-    image.SetOrigin((_RAS_TO_LPS @ ijk_to_ras[:3, 3]).tolist())
-    return image
-
-
-def ijk_to_ras_from_image(image: sitk.Image) -> np.ndarray:
-    """The IJK-to-RAS matrix of a SimpleITK image (inverse of the geometry part of ``image_from_volume``)."""
-    direction = np.array(image.GetDirection()).reshape(3, 3)
-    matrix = np.eye(4)
-    matrix[:3, :3] = _RAS_TO_LPS @ direction @ np.diag(image.GetSpacing())
-    matrix[:3, 3] = _RAS_TO_LPS @ np.array(image.GetOrigin())
-    return matrix
-
-
-def _vtk_image(array: np.ndarray) -> vtk.vtkImageData:
-    """A vtkImageData holding a (Z, Y, X) array; origin and spacing stay 0 and 1 as MRML expects."""
-    image = vtk.vtkImageData()
-    nz, ny, nx = array.shape
-    image.SetDimensions(nx, ny, nz)
-    scalars = numpy_support.numpy_to_vtk(np.ascontiguousarray(array).ravel(), deep=True)
-    image.GetPointData().SetScalars(scalars)
-    return image
-
-
-def model_threshold(model_path: str | Path) -> float:
-    """The decision threshold stored in a model directory, read without importing torch."""
-    from .config import ModelConfig
-
-    path = Path(model_path) / "config.json"
-    try:
-        threshold = ModelConfig.from_dict(json.loads(path.read_text())).threshold
-    except (OSError, ValueError, TypeError) as exc:
-        raise MAEAnomalyError(f"cannot read the model's threshold ({exc})", path) from None
-    return float("inf") if threshold is None else float(threshold)
-
-
-@dataclass
-class ScoringRun:
-    """A scoring run in a separate process, started by ``MAEAnomalyLogic.startProcessing``."""
-
-    job: ScoringJob
-    inputVolumeID: str
-    modelPath: Path
-    workDir: Path
-    imagePath: Path
-    outputs: dict[str, Path] = field(default_factory=dict)
-    # Temporary file -> node name, so that the CLI's messages name what the user selected.
-    names: dict[str, str] = field(default_factory=dict)
-
-    def poll(self) -> JobStatus:
-        """Never blocks; call it from a timer until ``finished``, then ``finishProcessing``."""
-        return self.job.poll()
-
-    def cancel(self) -> None:
-        """Stops the process and removes its temporary files."""
-        self.job.cancel()
-        shutil.rmtree(self.workDir, ignore_errors=True)
-
-
-class MAEAnomalyLogic:
-    """Scores volume nodes, stores the results as nodes, and shows them in the slice views."""
+class ResultNodes:
+    """Output nodes of ``scene`` (the application's scene when None), found by input and role."""
 
     def __init__(self, scene: slicer.vtkMRMLScene | None = None) -> None:
         self._scene = scene
-        self._model_key: tuple[str, float] | None = None
-        self._model = None
 
     @property
     def scene(self) -> slicer.vtkMRMLScene:
         return self._scene if self._scene is not None else slicer.mrmlScene
-
-    # Parameters -------------------------------------------------------------------------------------
-
-    def getParameterNode(self) -> slicer.vtkMRMLScriptedModuleNode:
-        """The module's singleton parameter node, saved with the scene (created on first use)."""
-        node = self.scene.GetSingletonNode(MODULE_NAME, "vtkMRMLScriptedModuleNode")
-        if node is None:
-            node = slicer.vtkMRMLScriptedModuleNode()
-            node.SetSingletonTag(MODULE_NAME)
-            node.SetName(self.scene.GenerateUniqueName(MODULE_NAME))
-            node.SetAttribute("ModuleName", MODULE_NAME)
-            node = self.scene.AddNode(node)
-        return node
-
-    def plotViewNode(self) -> slicer.vtkMRMLPlotViewNode:
-        """The plot view shown inside the module panel (not part of the view layout)."""
-        node = self.scene.GetSingletonNode(MODULE_NAME, "vtkMRMLPlotViewNode")
-        if node is None:
-            node = slicer.vtkMRMLPlotViewNode()
-            node.SetSingletonTag(MODULE_NAME)
-            node.SetLayoutName(MODULE_NAME)
-            node.SetName(f"{MODULE_NAME} plot view")
-            node = self.scene.AddNode(node)
-        return node
-
-    # Scoring ----------------------------------------------------------------------------------------
-
-    def process(self, inputVolume: slicer.vtkMRMLScalarVolumeNode, modelPath: str | Path,
-                maskVolume: slicer.vtkMRMLScalarVolumeNode | None = None, progress: ProgressFn | None = None,
-                device: str = "auto") -> tuple[slicer.vtkMRMLTableNode, slicer.vtkMRMLScalarVolumeNode]:
-        """Scores every axial slice of ``inputVolume`` in this process (blocking; the widget uses
-        ``startProcessing`` instead) and returns the score table and the difference volume."""
-        from .runtime import resolve_device
-        from .scoring import score_image
-
-        image, mask = self._input_images(inputVolume, maskVolume)
-        model = self._load_model(modelPath)
-        scores = score_image(model, image, mask, device=resolve_device(device), progress=progress,
-                             source=inputVolume.GetName())
-        return self.storeResults(inputVolume, scores.table, scores.difference, scores.threshold)
-
-    def _input_images(self, inputVolume: slicer.vtkMRMLScalarVolumeNode,
-                      maskVolume: slicer.vtkMRMLScalarVolumeNode | None) -> tuple[sitk.Image, sitk.Image | None]:
-        if inputVolume is None:
-            raise MAEAnomalyError("no input volume selected")
-        image = image_from_volume(inputVolume)
-        mask = None
-        if maskVolume is not None:
-            mask = image_from_volume(maskVolume, kind="mask")
-            check_same_grid(image, mask, maskVolume.GetName(), "mask")
-        return image, mask
-
-    def _load_model(self, modelPath: str | Path):
-        """Loads a model directory, reusing the last one while its config.json is unchanged."""
-        from .model_io import load_model
-
-        config = Path(modelPath) / "config.json"
-        key = (str(Path(modelPath).resolve()), config.stat().st_mtime if config.is_file() else -1.0)
-        if key != self._model_key:
-            self._model, self._model_key = load_model(modelPath), key
-        return self._model
-
-    def startProcessing(self, inputVolume: slicer.vtkMRMLScalarVolumeNode, modelPath: str | Path,
-                        maskVolume: slicer.vtkMRMLScalarVolumeNode | None = None,
-                        device: str = "auto") -> ScoringRun:
-        """Starts scoring in a separate process running the library's CLI; see ``ScoringRun``."""
-        from .io import volume_name
-
-        image, mask = self._input_images(inputVolume, maskVolume)
-        workDir = Path(tempfile.mkdtemp(prefix="maeanomaly-"))
-        try:
-            imagePath = workDir / "input.nrrd"
-            sitk.WriteImage(image, str(imagePath))
-            args = ["--model", str(modelPath), "--image", str(imagePath), "--out-dir", str(workDir / "out"),
-                    "--device", device]
-            names = {str(imagePath): inputVolume.GetName()}
-            if mask is not None:
-                maskPath = workDir / "mask.nrrd"
-                sitk.WriteImage(mask, str(maskPath))
-                args += ["--mask", str(maskPath)]
-                names[str(maskPath)] = maskVolume.GetName()
-            job = ScoringJob(args)
-        except BaseException:
-            shutil.rmtree(workDir, ignore_errors=True)
-            raise
-        name = volume_name(imagePath)
-        out = workDir / "out"
-        outputs = {"scores": out / f"{name}_scores.csv", "difference": out / f"{name}_diff.nii.gz"}
-        return ScoringRun(job, inputVolume.GetID(), Path(modelPath), workDir, imagePath, outputs, names)
-
-    def finishProcessing(self, run: ScoringRun
-                         ) -> tuple[slicer.vtkMRMLTableNode, slicer.vtkMRMLScalarVolumeNode]:
-        """Loads a finished run's CSV and difference map into nodes (as ``process`` does), or raises its
-        one-line error; the temporary files are removed either way."""
-        try:
-            run.job.wait()
-            if run.job.error is not None:
-                message = run.job.error
-                for path, name in run.names.items():
-                    message = message.replace(path, name)
-                raise MAEAnomalyError(message)
-            inputVolume = self.scene.GetNodeByID(run.inputVolumeID)
-            if inputVolume is None:
-                raise MAEAnomalyError("the input volume was removed from the scene while it was being scored")
-            difference = sitk.ReadImage(str(run.outputs["difference"]), sitk.sitkFloat32)
-            table = read_table_csv(run.outputs["scores"])
-            return self.storeResults(inputVolume, table, difference, model_threshold(run.modelPath))
-        finally:
-            shutil.rmtree(run.workDir, ignore_errors=True)
 
     # Result nodes -----------------------------------------------------------------------------------
 
@@ -334,7 +114,7 @@ class MAEAnomalyLogic:
         inputVolume.GetIJKToRASMatrix(ijk_to_ras)
         diff.SetIJKToRASMatrix(ijk_to_ras)
         diff.SetAndObserveTransformNodeID(inputVolume.GetTransformNodeID())
-        diff.SetAndObserveImageData(_vtk_image(sitk.GetArrayFromImage(difference).astype(np.float32)))
+        diff.SetAndObserveImageData(vtk_image(sitk.GetArrayFromImage(difference).astype(np.float32)))
         if diff.GetDisplayNode() is None:
             diff.CreateDefaultDisplayNodes()
         self._style_difference(diff)
@@ -433,13 +213,8 @@ class MAEAnomalyLogic:
             raise MAEAnomalyError("the score table is not linked to an input volume", table.GetName())
         name = inputVolume.GetName()
         series = self._output(inputVolume, ROLE_SCORE_SERIES, "vtkMRMLPlotSeriesNode", f"{name} score")
-        series.SetAndObserveTableNodeID(table.GetID())
-        series.SetXColumnName("position_mm")
-        series.SetYColumnName("score")
-        series.SetPlotType(slicer.vtkMRMLPlotSeriesNode.PlotTypeScatter)
-        series.SetMarkerStyle(slicer.vtkMRMLPlotSeriesNode.MarkerStyleCircle)
-        series.SetLineStyle(slicer.vtkMRMLPlotSeriesNode.LineStyleSolid)
-        series.SetColor(0.1, 0.4, 0.8)
+        _plot_column(series, table, "score", slicer.vtkMRMLPlotSeriesNode.MarkerStyleCircle,
+                     slicer.vtkMRMLPlotSeriesNode.LineStyleSolid, (0.1, 0.4, 0.8))
 
         chart = self._output(inputVolume, ROLE_CHART, "vtkMRMLPlotChartNode", f"{name} anomaly chart")
         chart.SetTitle(f"Anomaly score per axial slice: {name}")
@@ -458,13 +233,8 @@ class MAEAnomalyLogic:
                                     "threshold": np.array([threshold, threshold])})
             thresholdSeries = self._output(inputVolume, ROLE_THRESHOLD_SERIES, "vtkMRMLPlotSeriesNode",
                                            f"{name} threshold")
-            thresholdSeries.SetAndObserveTableNodeID(line.GetID())
-            thresholdSeries.SetXColumnName("position_mm")
-            thresholdSeries.SetYColumnName("threshold")
-            thresholdSeries.SetPlotType(slicer.vtkMRMLPlotSeriesNode.PlotTypeScatter)
-            thresholdSeries.SetMarkerStyle(slicer.vtkMRMLPlotSeriesNode.MarkerStyleNone)
-            thresholdSeries.SetLineStyle(slicer.vtkMRMLPlotSeriesNode.LineStyleDash)
-            thresholdSeries.SetColor(0.85, 0.1, 0.1)
+            _plot_column(thresholdSeries, line, "threshold", slicer.vtkMRMLPlotSeriesNode.MarkerStyleNone,
+                         slicer.vtkMRMLPlotSeriesNode.LineStyleDash, (0.85, 0.1, 0.1))
             chart.AddAndObservePlotSeriesNodeID(thresholdSeries.GetID())
         return chart
 

@@ -15,7 +15,7 @@ from collections import deque
 from dataclasses import dataclass
 from pathlib import Path
 
-from .errors import MAEAnomalyError
+from MAEAnomalyLib.errors import MAEAnomalyError
 
 ERROR_PREFIX = "maeanomaly: error: "
 PROGRESS_PREFIX = "progress "
@@ -37,7 +37,9 @@ def python_executable() -> str:
 
 def library_parent() -> str:
     """The folder holding the ``MAEAnomalyLib`` package, which the child process must be able to import."""
-    return str(Path(__file__).resolve().parent.parent)
+    import MAEAnomalyLib
+
+    return str(Path(MAEAnomalyLib.__file__).resolve().parent.parent)
 
 
 @dataclass

@@ -12,7 +12,7 @@ import hashlib
 import math
 import os
 import tempfile
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -20,10 +20,10 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset, Sampler
 
-from .config import ClassifierConfig, PseudoAbnormalConfig
-from .models.classifier import classifier_input
-from .pseudo_abnormal import make_pseudo_abnormal
-from .slice_cache import RowReader, SliceRows
+from ..config import ClassifierConfig, PseudoAbnormalConfig
+from ..data.slice_cache import RowReader, SliceRows
+from ..models.classifier import classifier_input
+from ..models.pseudo_abnormal import make_pseudo_abnormal
 
 Item = tuple[int, int, int]  # (epoch, position in the epoch, slice index)
 
@@ -124,47 +124,26 @@ class MAESamples(Dataset):
         return image
 
 
-def shifted(images: tuple[torch.Tensor, ...], max_shift: int, gen: torch.Generator) -> tuple[torch.Tensor, ...]:
-    """Translates same-sized images together by one random whole-pixel offset of up to ``max_shift``
-    in each direction, filling the uncovered border with zeros (the background)."""
-    dy, dx = torch.randint(-max_shift, max_shift + 1, (2,), generator=gen).tolist()
-    height, width = images[0].shape[-2:]
-
-    def span(d: int, n: int) -> tuple[slice, slice]:  # (destination, source) along one axis
-        return slice(max(d, 0), n + min(d, 0)), slice(max(-d, 0), n + min(-d, 0))
-
-    (ty, fy), (tx, fx) = span(dy, height), span(dx, width)
-    moved = []
-    for image in images:
-        out = torch.zeros_like(image)
-        out[..., ty, tx] = image[..., fy, fx]
-        moved.append(out)
-    return tuple(moved)
-
-
 class ClassifierSamples(Dataset):
     """Pairs (|recon − original|, |pseudo-abnormal recon − original|): a negative and a positive input,
-    both made exactly as scoring makes the classifier's input. Epoch e reads the reconstructions
-    ``recons[e % len(recons)]`` (each made with other random masks). Training samples may be flipped
-    left-right and shifted by up to ``max_shift`` pixels (slice, reconstruction and mask together)."""
+    both made exactly as scoring makes the classifier's input. Training samples may be flipped left-right
+    (slice, reconstruction and mask together)."""
 
-    def __init__(self, rows: SliceRows, recons: Sequence[ReconStore], cfg: PseudoAbnormalConfig,
-                 classifier: ClassifierConfig, seed: int, purpose: str, hflip: bool, max_shift: int = 0) -> None:
+    def __init__(self, rows: SliceRows, recons: ReconStore, cfg: PseudoAbnormalConfig, classifier: ClassifierConfig,
+                 seed: int, purpose: str, hflip: bool) -> None:
         self.rows, self.recons, self.cfg, self.classifier = rows, recons, cfg, classifier
-        self.seed, self.purpose, self.hflip, self.max_shift = seed, purpose, hflip, max_shift
+        self.seed, self.purpose, self.hflip = seed, purpose, hflip
 
     def __len__(self) -> int:
         return len(self.rows)
 
     def __getitem__(self, item: Item) -> tuple[torch.Tensor, torch.Tensor]:
         epoch, position, index = item
-        original, recon = self.rows.read(index), self.recons[epoch % len(self.recons)].read(index)
+        original, recon = self.rows.read(index), self.recons.read(index)
         foreground = self.rows.read_foreground(index)
         gen = generator(self.seed, self.purpose, epoch, position)
         if self.hflip and bool(torch.rand(1, generator=gen) < 0.5):
             original, recon, foreground = original.flip(-1), recon.flip(-1), foreground.flip(-1)
-        if self.max_shift > 0:
-            original, recon, foreground = shifted((original, recon, foreground), self.max_shift, gen)
         pseudo, _ = make_pseudo_abnormal(recon[None], self.cfg, gen, foreground[None])
         return (classifier_input((recon - original).abs(), foreground, self.classifier),
                 classifier_input((pseudo[0] - original).abs(), foreground, self.classifier))

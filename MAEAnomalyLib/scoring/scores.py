@@ -10,12 +10,12 @@ import SimpleITK as sitk
 import torch
 from monai.metrics.regression import compute_ssim_and_cs
 
-from .io import from_canonical
-from .model_io import AnomalyModel
-from .models.classifier import anomaly_probability, classifier_input
-from .preprocessing import PreparedVolume, prepare_image
-from .reconstruction import reconstruct_samples
-from .runtime import autocast
+from ..data.io import from_canonical
+from ..data.preprocessing import PreparedVolume, prepare_image
+from ..model_io import AnomalyModel
+from ..models.classifier import anomaly_probability, classifier_input
+from ..models.reconstruction import reconstruct_samples
+from ..runtime import autocast
 
 SSIM_KERNEL = 7
 SCORING_SEED = 0

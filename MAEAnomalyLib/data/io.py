@@ -1,21 +1,17 @@
-"""Reading, validating, reorienting and atomically writing volumes with SimpleITK."""
+"""Reading, validating and reorienting volumes with SimpleITK."""
 
 from __future__ import annotations
 
-import contextlib
 import gzip
-import os
 import struct
-import tempfile
 import zlib
-from collections.abc import Iterator
 from pathlib import Path
 from typing import IO
 
 import numpy as np
 import SimpleITK as sitk
 
-from .errors import MAEAnomalyError
+from ..errors import MAEAnomalyError
 
 VOLUME_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd", ".img", ".hdr")
 # Scores run over slices of the LPS-oriented volume: index k grows from inferior to superior.
@@ -167,50 +163,3 @@ def slice_positions_mm(canonical: sitk.Image) -> np.ndarray:
     centre = ((nx - 1) / 2.0, (ny - 1) / 2.0)
     return np.array([canonical.TransformContinuousIndexToPhysicalPoint((*centre, float(k)))[2]
                      for k in range(nz)])
-
-
-@contextlib.contextmanager
-def atomic_outputs() -> Iterator[AtomicWriter]:
-    """Collects files written to temporary names and renames them all only if the block succeeds."""
-    writer = AtomicWriter()
-    try:
-        yield writer
-    except BaseException:
-        writer.discard()
-        raise
-    writer.commit()
-
-
-class AtomicWriter:
-    """Writes each output beside its destination under a temporary name; see ``atomic_outputs``."""
-
-    def __init__(self) -> None:
-        self._pending: list[tuple[Path, Path]] = []
-
-    def temp_path(self, destination: str | Path) -> Path:
-        destination = Path(destination)
-        destination.parent.mkdir(parents=True, exist_ok=True)
-        suffix = "".join(destination.suffixes[-2:]) if destination.name.endswith(".nii.gz") else destination.suffix
-        fd, tmp = tempfile.mkstemp(prefix=f".{destination.name}.", suffix=".tmp" + suffix, dir=destination.parent)
-        os.close(fd)
-        self._pending.append((Path(tmp), destination))
-        return Path(tmp)
-
-    def write_image(self, image: sitk.Image, destination: str | Path) -> None:
-        sitk.WriteImage(image, str(self.temp_path(destination)), useCompression=True)
-
-    def write_text(self, text: str, destination: str | Path) -> None:
-        self.temp_path(destination).write_text(text)
-
-    def write_bytes(self, data: bytes, destination: str | Path) -> None:
-        self.temp_path(destination).write_bytes(data)
-
-    def commit(self) -> None:
-        for tmp, destination in self._pending:
-            os.replace(tmp, destination)
-        self._pending.clear()
-
-    def discard(self) -> None:
-        for tmp, _ in self._pending:
-            tmp.unlink(missing_ok=True)
-        self._pending.clear()

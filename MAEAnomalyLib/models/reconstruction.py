@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from .models.mae import MaskedAutoencoder
+from .mae import MaskedAutoencoder
 
 
 @torch.no_grad()

@@ -1,0 +1,188 @@
+"""Training from volume files to a model directory: the slice cache, the split into training and
+held-out volumes, both stages (``stages``), calibration, and the model written once at the end.
+
+Volumes are preprocessed once into an on-disk slice cache and read by DataLoader workers, so cohorts
+larger than memory train. Under ``torchrun`` every rank takes its share of each global batch and
+DistributedDataParallel averages the gradients; rank 0 logs and writes checkpoints and the model.
+Checkpoints are written after every epoch and when SIGTERM arrives (after the current batch);
+``resume=True`` continues from the exact batch with the same optimizer and schedule, and since every
+random draw is derived from (seed, epoch, position), an interrupted run ends with the same weights
+as an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from ..config import ModelConfig
+from ..data.inputs import Source
+from ..data.inputs import sources as pair_sources
+from ..data.slice_cache import CacheEntry, SliceCache, SliceRows, preparation_pool, prepare_entry
+from ..errors import MAEAnomalyError
+from ..model_io import AnomalyModel, load_model, save_model
+from .calibration import calibrate
+from .checkpoint import load_checkpoint, save_checkpoint
+from .distributed import Dist, StopControl, session
+from .loop import LogFn, Progress, Run, RunOptions, TrainingInterrupted
+from .stages import RECONSTRUCTION_DIR, begin_classifier, run_stages
+
+CHECKPOINT_DIR = "checkpoint"
+
+
+def check_out_dir(out: Path, resume: bool) -> None:
+    """Never replaces a finished model or silently restarts an unfinished run."""
+    if out.is_file():
+        raise MAEAnomalyError("--out must be a directory, but a file is there", out)
+    if resume:
+        return
+    if (out / "config.json").exists():
+        raise MAEAnomalyError("already holds a model; choose another --out or remove it", out)
+    if (out / "checkpoint").exists():
+        raise MAEAnomalyError("holds an unfinished run; pass --resume to continue it, or choose another --out", out)
+
+
+def split_volumes(n: int, fraction: float, seed: int) -> tuple[list[int], list[int]]:
+    """Holds out whole volumes (never single slices) for validation and calibration."""
+    if n < 2:
+        raise MAEAnomalyError("training needs at least 2 volumes: whole volumes are held out for calibration")
+    n_val = min(n - 1, max(1, round(n * fraction)))
+    order = torch.randperm(n, generator=torch.Generator().manual_seed(seed)).tolist()
+    return sorted(order[n_val:]), sorted(order[:n_val])
+
+
+def cache_cohort(sources: Sequence[Source], cache: SliceCache, dist: Dist, stop: StopControl, workers: int,
+                 show_progress: bool) -> tuple[list[str], list[CacheEntry]]:
+    """Cache keys and entries of every volume. The ranks share the volumes in lock-step rounds (a stop
+    request is agreed after each), and each rank prepares its share of a round in ``workers`` processes."""
+    share = max(1, workers)
+    per_round = share * dist.world
+    digests = np.zeros((len(sources), 32), dtype=np.uint8)
+    with preparation_pool(workers) as pool, tqdm(total=len(sources), desc="preparing volumes", unit="vol",
+                                                 disable=not show_progress) as bar:
+        for start in range(0, len(sources), per_round):
+            first = start + dist.rank * share
+            jobs = [(cache, source) for source in sources[first:first + share]]
+            keys = pool.map(prepare_entry, jobs) if pool is not None else [prepare_entry(job) for job in jobs]
+            for j, key in enumerate(keys):
+                digests[first + j] = np.frombuffer(bytes.fromhex(key), dtype=np.uint8)
+            bar.update(min(per_round, len(sources) - start))
+            if stop.poll() == stop.SIGNAL:
+                raise TrainingInterrupted("stopped by SIGTERM while preparing volumes; those prepared are cached "
+                                          f"in {cache.root}; run the same command again")
+    gathered = [part.reshape(-1, 32) for part in dist.gather(digests)]
+    keys = [gathered[(i // share) % dist.world][i].tobytes().hex() for i in range(len(sources))]
+    # A cache on node-local disk lacks the other nodes' entries: prepare those here.
+    return keys, [cache.ensure(k, *s) for k, s in zip(keys, sources, strict=True)]
+
+
+def mae_of(model_dir: Path, cfg: ModelConfig) -> AnomalyModel:
+    """A trained model whose MAE can serve ``cfg``: same preprocessing and MAE settings."""
+    source = load_model(model_dir)
+    if source.config.preprocess != cfg.preprocess or source.config.mae != cfg.mae:
+        raise MAEAnomalyError("its preprocessing or MAE settings differ from this run's (use the same preset and "
+                              "MAE settings)", model_dir)
+    return source
+
+
+def _quiet(_: str) -> None:
+    pass
+
+
+def train(images: Sequence[Path], out_dir: Path, cfg: ModelConfig, device: torch.device,
+          masks: Sequence[Path] | None = None, labels: Sequence[Path] | None = None, resume: bool = False,
+          log: LogFn = print, show_progress: bool = True, options: RunOptions | None = None,
+          mae_from: Path | None = None) -> AnomalyModel:
+    """Trains and calibrates a model from volumes and writes it to ``out_dir`` (rank 0 under torchrun).
+
+    With ``mae_from`` (a trained model's directory) the MAE is taken from it and only the classifier is
+    trained: for trying classifier settings without training the MAE again.
+    """
+    options = options or RunOptions()
+    out_dir = Path(out_dir)
+    source = None if mae_from is None else mae_of(Path(mae_from), cfg)
+    volumes = pair_sources(images, masks, labels)
+    fresh = not out_dir.exists()
+    with session(device) as dist, StopControl(dist, options.max_minutes) as stop:
+        if not dist.is_main:
+            log, show_progress = _quiet, False
+        torch.manual_seed(cfg.train.seed)
+        train_ids, val_ids = split_volumes(len(volumes), cfg.train.validation_fraction, cfg.train.seed)
+        cache = SliceCache(options.cache_dir or out_dir / "slice_cache", cfg.preprocess, cfg.mae.patch_size)
+        try:
+            keys, entries = cache_cohort(volumes, cache, dist, stop, options.workers, show_progress)
+        except TrainingInterrupted:
+            raise
+        except MAEAnomalyError:
+            # A bad input leaves no output folder behind (a --cache-dir keeps what was prepared).
+            if fresh and options.cache_dir is None and dist.is_main:
+                shutil.rmtree(out_dir, ignore_errors=True)
+            raise
+        min_fg = cfg.preprocess.min_train_foreground
+        train_rows = SliceRows([entries[i] for i in train_ids], min_fg)
+        val_rows = SliceRows([entries[i] for i in val_ids], min_fg)
+        if len(train_rows) == 0 or len(val_rows) == 0:
+            raise MAEAnomalyError("no healthy slices with enough foreground to train on (check masks and labels)")
+        digest = hashlib.sha256(json.dumps([keys, train_ids, val_ids]).encode()).hexdigest()
+        log(f"training on {len(train_rows)} slices from {len(train_ids)} volumes; {len(val_rows)} slices from "
+            f"{len(val_ids)} held-out volumes for validation and calibration"
+            + (f"; {dist.world} processes" if dist.world > 1 else ""))
+        model = AnomalyModel.from_config(cfg)
+        progress, resumed = _start(model, source, out_dir, digest, dist, resume, log)
+        run = _run(model, out_dir, digest, dist, stop, options, len(train_rows), log, show_progress)
+        run_stages(model, train_rows, val_rows, run, progress, resumed, out_dir)
+        threshold, calibration = calibrate(model, [volumes[i] for i in val_ids], dist, stop, cfg.train.target_fpr)
+        cfg.threshold = threshold
+        cfg.training_summary = {
+            "train_volumes": [str(images[i]) for i in train_ids],
+            "validation_volumes": [str(images[i]) for i in val_ids],
+            "train_slices": len(train_rows), "device": dist.device.type, "processes": dist.world,
+            "train_seconds": round(progress.seconds, 1), "stopped_by_time_budget": progress.cut,
+            "mae_from": None if mae_from is None else str(mae_from),
+            "classifier_epoch_kept": progress.best["epoch"] if progress.best else len(
+                progress.history["classifier_loss"]),
+            **calibration, "history": progress.history,
+        }
+        if dist.is_main:
+            save_model(model, out_dir)
+            shutil.rmtree(out_dir / RECONSTRUCTION_DIR, ignore_errors=True)
+        dist.barrier()
+    log(f"threshold {threshold:.4f} (false-positive rate {calibration['validation_fpr']:.3f} on "
+        f"{calibration['validation_slices']} held-out healthy slices); model written to {out_dir}")
+    return model
+
+
+def _start(model: AnomalyModel, mae_source: AnomalyModel | None, out_dir: Path, digest: str, dist: Dist,
+           resume: bool, log: LogFn) -> tuple[Progress, dict | None]:
+    """Where training starts: a fresh run (the classifier stage when the MAE comes from another
+    model), or the checkpoint's position with ``resume``."""
+    progress = Progress()
+    if mae_source is not None:
+        model.mae.load_state_dict(mae_source.mae.state_dict())
+        begin_classifier(model, progress)
+    if not resume:
+        return progress, None
+    loaded = load_checkpoint(out_dir / CHECKPOINT_DIR, model, digest, dist.is_main)
+    if loaded is None:
+        log("no checkpoint to resume from; starting afresh")
+        return progress, None
+    return loaded
+
+
+def _run(model: AnomalyModel, out_dir: Path, digest: str, dist: Dist, stop: StopControl, options: RunOptions,
+         n_train: int, log: LogFn, show_progress: bool) -> Run:
+    tc = model.config.train
+    directory = out_dir / CHECKPOINT_DIR
+
+    def save(progress: Progress, opt: torch.optim.Optimizer, sched: torch.optim.lr_scheduler.LambdaLR) -> None:
+        if dist.is_main:
+            save_checkpoint(directory, progress, model, digest, opt, sched, dist.world)
+
+    return Run(dist, stop, options, n_train, tc.warmup_fraction, tc.seed, save, directory, log, show_progress)
