@@ -32,6 +32,10 @@ def cmd_train(args: argparse.Namespace) -> int:
     if args.batch_size is not None:  # both stages; --set train.classifier_batch_size=N sets the classifier's
         tc.classifier_batch_size = args.batch_size
     apply_overrides(cfg, args.set or [])
+    try:  # every setting, before any work starts
+        cfg.check()
+    except ValueError as exc:
+        raise MAEAnomalyError(f"invalid training setting: {exc}") from None
     if args.workers < 0:
         raise MAEAnomalyError(f"--workers {args.workers}: give 0 (load in the main process) or more")
     if args.max_minutes is not None and args.max_minutes <= 0:
@@ -63,7 +67,13 @@ def _progress_printer(mode: str):
     return report
 
 
+def _check_batch_size(args: argparse.Namespace) -> None:
+    if args.batch_size < 1:
+        raise MAEAnomalyError(f"--batch-size {args.batch_size}: give 1 or more slices per batch")
+
+
 def cmd_score(args: argparse.Namespace) -> int:
+    _check_batch_size(args)
     from .runtime import resolve_device
     from .scoring.outputs import score_to_files
 
@@ -78,8 +88,14 @@ def cmd_score(args: argparse.Namespace) -> int:
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from .evaluation import evaluate_cohort, format_metrics
-    from .files import atomic_outputs
+    from .files import atomic_outputs, refuse_inputs
 
+    _check_batch_size(args)
+    if args.json:
+        model_files = list(Path(args.model).glob("*")) if Path(args.model).is_dir() else [args.model]
+        refuse_inputs([args.json], [*args.images, *args.labels, *(args.masks or []), *model_files], "--json")
+        if Path(args.json).is_dir():
+            raise MAEAnomalyError("--json must name a file, but a folder is there", args.json)
     metrics = evaluate_cohort(args.model, args.images, args.labels, args.masks, args.device, args.batch_size)
     print(format_metrics(metrics))
     if args.json:
@@ -174,3 +190,10 @@ def main(argv: Sequence[str] | None = None, raise_errors: bool = False) -> int:
     except KeyboardInterrupt:
         print("maeanomaly: interrupted", file=sys.stderr)
         return 130
+    except OSError as exc:
+        from .files import is_write_failure, write_failure
+
+        if raise_errors or not is_write_failure(exc):
+            raise
+        print(f"maeanomaly: error: {write_failure(exc.filename or 'output', exc)}", file=sys.stderr)
+        return 2

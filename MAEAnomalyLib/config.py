@@ -7,6 +7,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from .config_rules import check_config, setting_problem, without_removed
 from .errors import MAEAnomalyError
 
 FORMAT_VERSION = 1
@@ -141,7 +142,9 @@ class ModelConfig:
             "pseudo_abnormal": PseudoAbnormalConfig,
             "train": TrainConfig,
         }
-        data = _without_removed(data)
+        if not all(isinstance(data.get(n, {}), dict) for n in sections):
+            raise ValueError("every section must be a JSON object")
+        data = without_removed(data)
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = set(data) - known
         if unknown:
@@ -159,67 +162,9 @@ class ModelConfig:
         return config
 
     def check(self) -> None:
-        """Raises ValueError for a setting outside its named choices or its range."""
-        for section, name in (*CHOICES, *RANGES):
-            value = getattr(getattr(self, section), name)
-            problem = setting_problem(section, name, value)
-            if problem is not None:
-                subject = "it " if problem.startswith("must") else ""  # "choose …" needs none
-                raise ValueError(f"{section}.{name} is {value!r}; {subject}{problem}")
-
-
-class RemovedSetting(ValueError):
-    """A model directory sets an option that was tried, not adopted, and removed (docs/experiments.md)."""
-
-
-# Options tried and removed, each with the value that meant "off": model directories written before
-# their removal still load when they hold that value.
-REMOVED: dict[tuple[str, str], Any] = {
-    ("classifier", "members"): 1,
-    ("classifier", "drop_path_rate"): 0.0,
-    ("train", "classifier_ema"): 0.0,
-    ("train", "classifier_shift"): 0.0,
-    ("train", "reconstruction_variants"): 1,
-}
-
-
-def _without_removed(data: dict[str, Any]) -> dict[str, Any]:
-    """``data`` less the removed options that hold their old default; RemovedSetting for any other value."""
-    data = dict(data)
-    for (section, name), off in REMOVED.items():
-        values = data.get(section)
-        if not isinstance(values, dict) or name not in values:
-            continue
-        if values[name] != off:
-            raise RemovedSetting(f"{section}.{name} is {values[name]!r}, a setting this version no longer supports "
-                                 f"(tried and removed; see docs/experiments.md); only {off!r} loads")
-        data[section] = {k: v for k, v in values.items() if k != name}
-    return data
-
-
-# Settings that take one of a few names.
-CHOICES: dict[tuple[str, str], tuple[str, ...]] = {
-    ("pseudo_abnormal", "beta_mode"): ("box", "pixel"),
-    ("classifier", "head"): ("bce", "softmax"),
-    ("classifier", "global_pool"): ("token", "avg", "max", "avgmax"),
-    ("train", "classifier_selection"): ("last", "best_validation"),
-}
-# Settings that take a number in [low, high).
-RANGES: dict[tuple[str, str], tuple[float, float]] = {
-    ("preprocess", "crop_margin"): (0, 1_000_000),
-    ("train", "score_reconstructions"): (1, 101),
-}
-
-
-def setting_problem(section: str, name: str, value: Any) -> str | None:
-    """Why ``value`` cannot be ``section.name`` ("choose …" or "must be …"), or None when it can."""
-    choices = CHOICES.get((section, name))
-    if choices is not None and value not in choices:
-        return f"choose {', '.join(choices[:-1])} or {choices[-1]}"
-    bounds = RANGES.get((section, name))
-    if bounds is not None and not bounds[0] <= float(value) < bounds[1]:
-        return f"must be at least {bounds[0]} and below {bounds[1]}"
-    return None
+        """Raises ValueError for a setting of the wrong type, outside its choices or range, or at odds
+        with another (see ``config_rules``)."""
+        check_config(self)
 
 
 def _preset(name: str, size: int, patch: int, enc: tuple[int, int, int], dec: tuple[int, int, int],

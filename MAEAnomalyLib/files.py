@@ -1,15 +1,21 @@
-"""Atomic output: every file is written beside its destination under a temporary name, and a set of
-files is renamed into place only when all of them were written."""
+"""Atomic output: every file is written beside its destination under a temporary name, checked (its
+size, or what SimpleITK reads back), and a set of files is renamed into place only when all of them
+were written whole. A failed write (full disk, file-size limit, no permission) ends in one line naming
+the file, and nothing is committed."""
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
+import numpy as np
 import SimpleITK as sitk
+
+from .errors import MAEAnomalyError
 
 
 @contextlib.contextmanager
@@ -24,6 +30,32 @@ def atomic_outputs() -> Iterator[AtomicWriter]:
     writer.commit()
 
 
+def write_failure(destination: str | Path, reason: object) -> MAEAnomalyError:
+    """The one-line error for an output that could not be written whole."""
+    if isinstance(reason, OSError) and reason.errno is not None:
+        reason = os.strerror(reason.errno)
+    text = (str(reason).strip().splitlines() or ["unknown error"])[0][:200]
+    return MAEAnomalyError(f"cannot write ({text}); nothing was written", destination)
+
+
+def refuse_inputs(outputs: Iterator[str | Path] | list, inputs: Iterator[str | Path] | list, flag: str) -> None:
+    """Raises when an output path is one of the inputs (after symlinks and relative parts are resolved)."""
+    guarded = {Path(p).resolve() for p in inputs if p is not None}
+    for path in outputs:
+        if Path(path).resolve() in guarded:
+            raise MAEAnomalyError(f"output would overwrite an input file; choose another {flag}", path)
+
+
+def _same_image(written: sitk.Image, path: Path) -> bool:
+    from .data.io import check_gzip_stream
+
+    if path.name.lower().endswith(".gz"):
+        check_gzip_stream(path)
+    back = sitk.ReadImage(str(path))
+    return (back.GetSize() == written.GetSize() and back.GetPixelID() == written.GetPixelID()
+            and np.array_equal(sitk.GetArrayViewFromImage(back), sitk.GetArrayViewFromImage(written)))
+
+
 class AtomicWriter:
     """Writes each output beside its destination under a temporary name; see ``atomic_outputs``."""
 
@@ -32,28 +64,74 @@ class AtomicWriter:
 
     def temp_path(self, destination: str | Path) -> Path:
         destination = Path(destination)
-        destination.parent.mkdir(parents=True, exist_ok=True)
-        suffix = "".join(destination.suffixes[-2:]) if destination.name.endswith(".nii.gz") else destination.suffix
-        fd, tmp = tempfile.mkstemp(prefix=f".{destination.name}.", suffix=".tmp" + suffix, dir=destination.parent)
+        try:
+            destination.parent.mkdir(parents=True, exist_ok=True)
+            suffix = "".join(destination.suffixes[-2:]) if destination.name.endswith(".nii.gz") else destination.suffix
+            fd, tmp = tempfile.mkstemp(prefix=f".{destination.name}.", suffix=".tmp" + suffix, dir=destination.parent)
+        except OSError as exc:
+            raise write_failure(destination, exc) from None
         os.close(fd)
+        os.chmod(tmp, 0o666 & ~current_umask())  # mkstemp makes 0600; outputs follow the user's umask
         self._pending.append((Path(tmp), destination))
         return Path(tmp)
 
-    def write_image(self, image: sitk.Image, destination: str | Path) -> None:
-        sitk.WriteImage(image, str(self.temp_path(destination)), useCompression=True)
+    def write_with(self, destination: str | Path, write: Callable[[Path], None], check: Callable[[Path], bool]
+                   ) -> None:
+        """Writes with ``write(temp)``, then commits only if ``check(temp)`` finds the file whole."""
+        tmp = self.temp_path(destination)
+        try:
+            write(tmp)
+            whole = check(tmp)
+        except (OSError, RuntimeError, ValueError, MAEAnomalyError) as exc:
+            raise write_failure(destination, exc) from None
+        if not whole:
+            raise write_failure(destination, "the file on disk is not what was written")
 
-    def write_text(self, text: str, destination: str | Path) -> None:
-        self.temp_path(destination).write_text(text)
+    def write_image(self, image: sitk.Image, destination: str | Path) -> None:
+        def write(tmp: Path) -> None:
+            # ITK reports a short write as a warning only; the read-back below is what catches it.
+            warnings = sitk.ProcessObject.GetGlobalWarningDisplay()
+            sitk.ProcessObject.SetGlobalWarningDisplay(False)
+            try:
+                sitk.WriteImage(image, str(tmp), useCompression=True)
+            finally:
+                sitk.ProcessObject.SetGlobalWarningDisplay(warnings)
+
+        self.write_with(destination, write, lambda tmp: _same_image(image, tmp))
 
     def write_bytes(self, data: bytes, destination: str | Path) -> None:
-        self.temp_path(destination).write_bytes(data)
+        def write(tmp: Path) -> None:
+            with tmp.open("wb") as fh:
+                fh.write(data)
+                fh.flush()
+                os.fsync(fh.fileno())
+
+        self.write_with(destination, write, lambda tmp: tmp.stat().st_size == len(data))
+
+    def write_text(self, text: str, destination: str | Path) -> None:
+        self.write_bytes(text.encode("utf-8"), destination)
 
     def commit(self) -> None:
-        for tmp, destination in self._pending:
-            os.replace(tmp, destination)
+        try:
+            for tmp, destination in self._pending:
+                os.replace(tmp, destination)
+        except OSError as exc:
+            self.discard()
+            raise write_failure(destination, exc) from None
         self._pending.clear()
 
     def discard(self) -> None:
         for tmp, _ in self._pending:
             tmp.unlink(missing_ok=True)
         self._pending.clear()
+
+
+def current_umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def is_write_failure(exc: OSError) -> bool:
+    """A full disk, a quota or file-size limit, or no permission: the user's environment, not a bug."""
+    return exc.errno in (errno.ENOSPC, errno.EFBIG, errno.EDQUOT, errno.EACCES, errno.EROFS, errno.EPERM)

@@ -15,7 +15,8 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from .config import FORMAT_VERSION, ModelConfig, RemovedSetting
+from .config import FORMAT_VERSION, ModelConfig
+from .config_rules import RemovedSetting
 from .errors import MAEAnomalyError
 from .files import atomic_outputs
 from .models import MaskedAutoencoder, build_classifier
@@ -70,9 +71,15 @@ def save_model(model: AnomalyModel, directory: str | Path) -> None:
         for name in WEIGHT_NAMES:
             net = getattr(model, name)
             state = {k: v.detach().cpu().contiguous() for k, v in net.state_dict().items()}
-            save_file(state, str(writer.temp_path(directory / f"{name}.safetensors")),
-                      metadata={"format_version": str(FORMAT_VERSION)})
+            writer.write_with(directory / f"{name}.safetensors",
+                              lambda tmp, state=state: save_file(state, str(tmp),
+                                                                 metadata={"format_version": str(FORMAT_VERSION)}),
+                              lambda tmp, state=state: _same_tensors(load_file(str(tmp)), state))
         writer.write_text(json.dumps(model.config.to_dict(), indent=2) + "\n", directory / CONFIG_NAME)
+
+
+def _same_tensors(read: dict[str, torch.Tensor], written: dict[str, torch.Tensor]) -> bool:
+    return read.keys() == written.keys() and all(torch.equal(read[k], written[k]) for k in written)
 
 
 def _looks_like_pickle(path: Path) -> bool:
@@ -135,5 +142,11 @@ def load_model(directory: str | Path) -> AnomalyModel:
         expected = net.state_dict()
         if set(state) != set(expected) or any(state[k].shape != expected[k].shape for k in expected):
             raise MAEAnomalyError("model is damaged: weights do not match config.json", path)
+        wrong = next((k for k in expected if state[k].dtype != expected[k].dtype), None)
+        if wrong is not None:
+            raise MAEAnomalyError(f"model is damaged: {wrong} is stored as {state[wrong].dtype}, not "
+                                  f"{expected[wrong].dtype}", path)
+        if not all(bool(torch.isfinite(v).all()) for v in state.values()):
+            raise MAEAnomalyError("model is damaged: weights contain NaN or infinite values", path)
         net.load_state_dict(state)
     return model.eval()

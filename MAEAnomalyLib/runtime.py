@@ -1,8 +1,9 @@
-"""Device choice and mixed precision."""
+"""Device choice, mixed precision, and generators seeded from what they serve (not from a running state)."""
 
 from __future__ import annotations
 
 import contextlib
+import hashlib
 
 import torch
 
@@ -25,3 +26,13 @@ def autocast(device: torch.device) -> contextlib.AbstractContextManager:
     if device.type == "cuda":
         return torch.autocast("cuda", dtype=torch.bfloat16)
     return contextlib.nullcontext()
+
+
+def derived_seed(*parts: object) -> int:
+    digest = hashlib.blake2b(repr(parts).encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "little") & ((1 << 63) - 1)
+
+
+def seeded_generator(*parts: object) -> torch.Generator:
+    """A CPU generator seeded from ``parts`` (e.g. seed, purpose, epoch, position, slice)."""
+    return torch.Generator().manual_seed(derived_seed(*parts))

@@ -13,6 +13,7 @@ from MAEAnomalyLib.config import PreprocessConfig
 from MAEAnomalyLib.data.io import from_canonical, read_volume, slice_positions_mm, to_canonical, volume_name
 from MAEAnomalyLib.data.preprocessing import automatic_foreground, normalise, prepare, to_input_size, to_model_size
 from MAEAnomalyLib.data.synthetic import make_subject
+from MAEAnomalyLib.errors import MAEAnomalyError
 
 
 def test_volume_name() -> None:
@@ -31,9 +32,7 @@ def test_formats_read_the_same_voxels(tmp_path: Path, suffix: str) -> None:
     assert np.allclose(read.GetSpacing(), image.GetSpacing())
 
 
-def test_dicom_series_folder(tmp_path: Path) -> None:
-    image = sitk.Cast(sitk.RescaleIntensity(make_subject(2).image, 0, 1000), sitk.sitkInt16)
-    folder = tmp_path / "series"
+def write_dicom_series(image: sitk.Image, folder: Path) -> None:
     folder.mkdir()
     writer = sitk.ImageFileWriter()
     writer.KeepOriginalImageUIDOn()
@@ -46,10 +45,26 @@ def test_dicom_series_folder(tmp_path: Path) -> None:
         s.SetMetaData("0008|0060", "MR")
         writer.SetFileName(str(folder / f"{k:03d}.dcm"))
         writer.Execute(s)
+
+
+def test_dicom_series_folder(tmp_path: Path) -> None:
+    image = sitk.Cast(sitk.RescaleIntensity(make_subject(2).image, 0, 1000), sitk.sitkInt16)
+    folder = tmp_path / "series"
+    write_dicom_series(image, folder)
     read = read_volume(folder)
     assert read.GetSize() == image.GetSize()
     assert np.array_equal(sitk.GetArrayFromImage(read), sitk.GetArrayFromImage(image).astype(np.float32))
     assert np.allclose(read.GetOrigin(), image.GetOrigin(), atol=1e-3)
+
+
+def test_dicom_series_with_a_missing_slice_is_refused(tmp_path: Path) -> None:
+    image = sitk.Cast(sitk.RescaleIntensity(make_subject(2).image, 0, 1000), sitk.sitkInt16)
+    folder = tmp_path / "series"
+    write_dicom_series(image, folder)
+    (folder / "017.dcm").unlink()
+    with pytest.raises(MAEAnomalyError, match=r"unevenly spaced: 6.00 mm between slices 17 and 18, 3.00 mm") as info:
+        read_volume(folder)
+    assert str(folder) in str(info.value) and "\n" not in str(info.value)
 
 
 def test_canonical_slices_run_inferior_to_superior() -> None:

@@ -179,11 +179,11 @@ def _stamp(path: Path) -> int:
 
 def _interrupt(command: list[str], checkpoint: Path) -> subprocess.CompletedProcess:
     """Runs ``command`` and sends SIGTERM shortly after it writes its first checkpoint."""
-    before = _stamp(checkpoint / "state.json")
+    before = _stamp(checkpoint / "state.safetensors")
     with subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, encoding="utf-8", cwd=ROOT,
                           env=child_env()) as proc:
         deadline = time.monotonic() + 300
-        while _stamp(checkpoint / "state.json") == before:
+        while _stamp(checkpoint / "state.safetensors") == before:
             assert proc.poll() is None, proc.communicate()[1][-3000:]
             assert time.monotonic() < deadline, "no checkpoint appeared"
             time.sleep(0.005)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import gzip
 import struct
 import zlib
+from collections.abc import Sequence
 from pathlib import Path
 from typing import IO
 
@@ -34,7 +35,7 @@ def _open_maybe_gzip(path: Path) -> IO[bytes]:
     return gzip.open(path, "rb") if path.name.lower().endswith(".gz") else path.open("rb")
 
 
-def _check_gzip_stream(path: Path) -> None:
+def check_gzip_stream(path: Path) -> None:
     """ITK reads a truncated .gz silently (the missing voxels become zeros); decompressing it all detects it."""
     try:
         with gzip.open(path, "rb") as fh:
@@ -44,28 +45,61 @@ def _check_gzip_stream(path: Path) -> None:
         raise MAEAnomalyError(f"cannot read image (damaged or truncated compressed file: {exc})", path) from None
 
 
-def _nifti_has_nonfinite(path: Path) -> bool:
-    """ITK's NIfTI reader turns NaN into 0, so float NIfTI data are checked on the raw bytes."""
+def _check_nifti(path: Path) -> None:
+    """Checks a NIfTI-1 file against its own header: it must hold every voxel the header promises (ITK
+    fills a short file with zeros), and float data must be finite (ITK's reader turns NaN into 0)."""
     with _open_maybe_gzip(path) as fh:
         header = fh.read(352)
         if len(header) < 348:
-            return False
+            return  # not NIfTI-1: ITK's own reader judges it
         for endian in ("<", ">"):
             if struct.unpack(f"{endian}i", header[:4])[0] == 348:
                 break
         else:
-            return False
-        datatype = struct.unpack(f"{endian}h", header[70:72])[0]
-        if datatype not in _NIFTI_FLOAT_TYPES:
-            return False
+            return
+        dims = struct.unpack(f"{endian}8h", header[40:56])
+        datatype, bitpix = struct.unpack(f"{endian}2h", header[70:74])
         offset = int(struct.unpack(f"{endian}f", header[108:112])[0])
+        voxels = int(np.prod([max(1, d) for d in dims[1:1 + max(0, min(7, dims[0]))]], dtype=np.int64))
+        expected = voxels * max(1, bitpix) // 8
         fh.read(max(0, offset - len(header)))
-        dtype = np.dtype(endian + _NIFTI_FLOAT_TYPES[datatype])
+        dtype = np.dtype(endian + _NIFTI_FLOAT_TYPES[datatype]) if datatype in _NIFTI_FLOAT_TYPES else None
+        held, finite = 0, True
         while chunk := fh.read(1 << 22):
-            usable = len(chunk) - len(chunk) % dtype.itemsize
-            if not np.isfinite(np.frombuffer(chunk[:usable], dtype=dtype)).all():
-                return True
-    return False
+            held += len(chunk)
+            if dtype is not None and finite:
+                usable = len(chunk) - len(chunk) % dtype.itemsize
+                finite = bool(np.isfinite(np.frombuffer(chunk[:usable], dtype=dtype)).all())
+    if held < expected:
+        raise MAEAnomalyError(f"image is truncated: its header promises {expected} bytes of voxels, the file holds "
+                              f"{held}", path)
+    if not finite:
+        raise MAEAnomalyError("image contains NaN or infinite voxels", path)
+
+
+def _check_dicom_spacing(files: Sequence[str], path: Path) -> None:
+    """Refuses a series whose slices are unevenly spaced (a missing slice, say): ITK would only warn and
+    put them on a uniform grid, misplacing every slice after the gap."""
+    reader = sitk.ImageFileReader()
+    positions, orientation = [], None
+    for name in files:
+        reader.SetFileName(name)
+        reader.ReadImageInformation()
+        if not reader.HasMetaDataKey("0020|0032") or not reader.HasMetaDataKey("0020|0037"):
+            return  # no geometry to check against: ITK's own spacing stands
+        positions.append([float(v) for v in reader.GetMetaData("0020|0032").split("\\")])
+        orientation = orientation or [float(v) for v in reader.GetMetaData("0020|0037").split("\\")]
+    if len(positions) < 3 or orientation is None or len(orientation) != 6:
+        return
+    normal = np.cross(orientation[:3], orientation[3:])
+    gaps = np.abs(np.diff(np.asarray(positions) @ normal))
+    typical = float(np.median(gaps))
+    uneven = np.flatnonzero(np.abs(gaps - typical) > max(0.01, 0.01 * typical))
+    if uneven.size:
+        k = int(uneven[0])
+        raise MAEAnomalyError(f"DICOM series is unevenly spaced: {gaps[k]:.2f} mm between slices {k + 1} and {k + 2}, "
+                              f"{typical:.2f} mm between the others (a missing slice?); give the complete series "
+                              "or resample it to even spacing first", path)
 
 
 def _read_any(path: Path) -> sitk.Image:
@@ -78,13 +112,15 @@ def _read_any(path: Path) -> sitk.Image:
             raise MAEAnomalyError("folder holds no DICOM series", path)
         if len(series) > 1:
             raise MAEAnomalyError(f"folder holds {len(series)} DICOM series; give a folder with one", path)
-        reader.SetFileNames(reader.GetGDCMSeriesFileNames(str(path), series[0]))
+        files = reader.GetGDCMSeriesFileNames(str(path), series[0])
+        _check_dicom_spacing(files, path)
+        reader.SetFileNames(files)
         read = reader.Execute
     else:
         if path.name.lower().endswith(".gz"):
-            _check_gzip_stream(path)
-        if path.name.lower().endswith((".nii", ".nii.gz")) and _nifti_has_nonfinite(path):
-            raise MAEAnomalyError("image contains NaN or infinite voxels", path)
+            check_gzip_stream(path)
+        if path.name.lower().endswith((".nii", ".nii.gz")):
+            _check_nifti(path)
 
         def read() -> sitk.Image:
             return sitk.ReadImage(str(path))

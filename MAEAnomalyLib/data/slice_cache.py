@@ -29,6 +29,7 @@ import torch
 
 from ..config import PreprocessConfig
 from ..errors import MAEAnomalyError
+from ..files import current_umask
 from .digest import content_digest
 from .preprocessing import prepare
 
@@ -113,6 +114,7 @@ class SliceCache:
         # Written into a private folder and renamed as a whole: readers (and other ranks writing the
         # same entry) never see a half-written one.
         temp = Path(tempfile.mkdtemp(prefix=f".{key}.", dir=final.parent))
+        os.chmod(temp, 0o777 & ~current_umask())  # mkdtemp makes 0700; a cache may be shared in a group
         try:
             np.save(temp / SLICES_NAME, prepared.slices.numpy().astype(np.float32, copy=False))
             np.save(temp / FOREGROUND_NAME, prepared.foreground.numpy().astype(np.uint8))

@@ -76,13 +76,16 @@ class MaskedAutoencoder(nn.Module):
         x = torch.einsum("nhwpq->nhpwq", x.reshape(x.shape[0], g, g, p, p))
         return x.reshape(x.shape[0], 1, g * p, g * p)
 
-    def random_masking(self, n: int, device: torch.device, generator: torch.Generator | None = None
-                       ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Per-sample random shuffle: indices to keep, the binary mask (1 = masked), and the unshuffle order."""
+    def random_masking(self, n: int, device: torch.device, generator: torch.Generator | None = None,
+                       noise: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Per-sample random shuffle: indices to keep, the binary mask (1 = masked), and the unshuffle order.
+        The shuffle sorts (n, L) uniform ``noise``, drawn from ``generator`` unless given."""
         length = self.num_patches
         keep = max(1, round(length * (1 - self.cfg.mask_ratio)))
         # The noise comes from a CPU generator so that runs are reproducible on any device.
-        noise = torch.rand(n, length, generator=generator).to(device)
+        if noise is None:
+            noise = torch.rand(n, length, generator=generator)
+        noise = noise.to(device)
         shuffle = torch.argsort(noise, dim=1)
         restore = torch.argsort(shuffle, dim=1)
         mask = torch.ones(n, length, device=device)

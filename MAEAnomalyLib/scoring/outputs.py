@@ -7,8 +7,7 @@ from pathlib import Path
 import torch
 
 from ..data.io import read_mask, read_volume, volume_name
-from ..errors import MAEAnomalyError
-from ..files import atomic_outputs
+from ..files import atomic_outputs, refuse_inputs
 from ..model_io import load_model
 from .report import render_report
 from .scores import ProgressFn, VolumeScores, score_image
@@ -25,10 +24,7 @@ def write_score_outputs(result: VolumeScores, out_dir: str | Path, name: str,
                         protected: tuple[str | Path, ...] = ()) -> dict[str, Path]:
     """Writes the three outputs together (all or none), never over a file in ``protected``."""
     paths = output_paths(out_dir, name)
-    guarded = {Path(p).resolve() for p in protected}
-    for path in paths.values():
-        if path.resolve() in guarded:
-            raise MAEAnomalyError("output would overwrite an input file; choose another --out-dir", path)
+    refuse_inputs(paths.values(), protected, "--out-dir")
     with atomic_outputs() as writer:
         writer.write_text(table_to_csv(result.table), paths["scores"])
         writer.write_image(result.difference, paths["difference"])

@@ -15,7 +15,7 @@ from ..data.preprocessing import PreparedVolume, prepare_image
 from ..model_io import AnomalyModel
 from ..models.classifier import anomaly_probability, classifier_input
 from ..models.reconstruction import reconstruct_samples
-from ..runtime import autocast
+from ..runtime import autocast, seeded_generator
 
 SSIM_KERNEL = 7
 SCORING_SEED = 0
@@ -75,15 +75,16 @@ def score_prepared(model: AnomalyModel, prepared: PreparedVolume, device: torch.
     keep = np.flatnonzero(~skipped)
     score, l1, ssim = np.zeros(n), np.zeros(n), np.ones(n)
     diff = torch.zeros_like(prepared.slices)
-    generator = torch.Generator().manual_seed(SCORING_SEED)
     step = max(1, batch_size // samples)
     for start in range(0, len(keep), step):
         idx = keep[start:start + step]
         images = prepared.slices[idx].to(device)
         fg = prepared.foreground[idx].to(device)
         with autocast(device):
+            # Each slice's masks depend on the seed and the slice alone: the batch size never changes a score.
             recon = reconstruct_samples(model.mae, images, cfg.train.reconstruction_passes, samples,
-                                        generator).float().flatten(0, 1)
+                                        per_image=[seeded_generator(SCORING_SEED, "score", int(k)) for k in idx]
+                                        ).float().flatten(0, 1)
             tiled_images, tiled_fg = images.repeat(samples, 1, 1, 1), fg.repeat(samples, 1, 1, 1)
             difference = (recon - tiled_images).abs()
             probs = anomaly_probability(model.classifier(classifier_input(difference, tiled_fg, cfg.classifier)))

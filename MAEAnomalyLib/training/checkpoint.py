@@ -8,12 +8,12 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import save_file
 
 from ..config import ModelConfig
 from ..errors import MAEAnomalyError
-from ..files import AtomicWriter
+from ..files import atomic_outputs
 from ..model_io import AnomalyModel
 from .loop import Progress
 
@@ -41,30 +41,44 @@ def unflatten(obj: Any, tensors: dict[str, torch.Tensor]) -> Any:
     return obj
 
 
+STATE_NAME = "state.safetensors"
+
+
 def save_state(state: dict[str, Any], directory: str | Path) -> None:
-    """Writes ``state.safetensors`` and ``state.json`` in ``directory``, both or neither."""
+    """Writes ``directory/state.safetensors``: the tensors, with the nested structure that holds them as
+    JSON in the file's metadata. One file renamed into place, so that a kill at any moment leaves the
+    previous checkpoint or the new one, never parts of both; temporaries of a killed save are removed."""
     directory = Path(directory)
     tensors: dict[str, torch.Tensor] = {}
-    structure = flatten(state, "s", tensors)
-    writer = AtomicWriter()
-    try:
-        save_file(tensors, str(writer.temp_path(directory / "state.safetensors")))
-        writer.write_text(json.dumps(structure), directory / "state.json")
-    except BaseException:
-        writer.discard()
-        raise
-    writer.commit()
+    structure = json.dumps(flatten(state, "s", tensors))
+    for stale in directory.glob(f".{STATE_NAME}.*"):
+        stale.unlink(missing_ok=True)
+    with atomic_outputs() as writer:
+        writer.write_with(directory / STATE_NAME, lambda tmp: save_file(tensors, str(tmp), {"state": structure}),
+                          lambda tmp: _read(tmp)[0] == structure)
+
+
+def _read(path: Path) -> tuple[str, dict[str, torch.Tensor]]:
+    with safe_open(str(path), framework="pt") as fh:
+        structure = (fh.metadata() or {})["state"]
+        return structure, {k: fh.get_tensor(k) for k in fh.keys()}  # noqa: SIM118 (safe_open has no __iter__)
+
+
+def has_state(directory: str | Path) -> bool:
+    return (Path(directory) / STATE_NAME).is_file()
 
 
 def load_state(directory: str | Path) -> dict[str, Any]:
     """Reads a state written by ``save_state``."""
     directory = Path(directory)
+    if (directory / "state.json").exists():
+        raise MAEAnomalyError("checkpoint is from an older version of MAEAnomaly; start afresh without --resume",
+                              directory)
     try:
-        structure = json.loads((directory / "state.json").read_text())
-        tensors = load_file(str(directory / "state.safetensors"))
-    except (OSError, ValueError, SafetensorError) as exc:
+        structure, tensors = _read(directory / STATE_NAME)
+        return unflatten(json.loads(structure), tensors)
+    except (OSError, ValueError, KeyError, SafetensorError) as exc:
         raise MAEAnomalyError(f"checkpoint is missing or damaged ({exc.__class__.__name__})", directory) from None
-    return unflatten(structure, tensors)
 
 
 def comparable(cfg: ModelConfig) -> dict:
@@ -90,7 +104,7 @@ def load_checkpoint(directory: Path, model: AnomalyModel, data_digest: str, is_m
                     ) -> tuple[Progress, dict] | None:
     """Restores the weights into ``model``; returns the progress and the state (for the optimiser), or
     None when there is no checkpoint. A checkpoint of other settings or other volumes is refused."""
-    if not (directory / "state.json").exists():
+    if not has_state(directory) and not (directory / "state.json").exists():
         return None
     state = load_state(directory)
     if state["config"] != comparable(model.config):

@@ -41,10 +41,11 @@ def check_out_dir(out: Path, resume: bool) -> None:
     """Never replaces a finished model or silently restarts an unfinished run."""
     if out.is_file():
         raise MAEAnomalyError("--out must be a directory, but a file is there", out)
+    if (out / "config.json").exists():
+        # With --resume too: a finished model whose checkpoint is gone would be trained afresh over it.
+        raise MAEAnomalyError("already holds a finished model; choose another --out or remove it", out)
     if resume:
         return
-    if (out / "config.json").exists():
-        raise MAEAnomalyError("already holds a model; choose another --out or remove it", out)
     if (out / "checkpoint").exists():
         raise MAEAnomalyError("holds an unfinished run; pass --resume to continue it, or choose another --out", out)
 

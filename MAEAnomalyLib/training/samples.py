@@ -8,7 +8,6 @@ resumed runs equal uninterrupted ones.
 
 from __future__ import annotations
 
-import hashlib
 import math
 import os
 import tempfile
@@ -24,18 +23,9 @@ from ..config import ClassifierConfig, PseudoAbnormalConfig
 from ..data.slice_cache import RowReader, SliceRows
 from ..models.classifier import classifier_input
 from ..models.pseudo_abnormal import make_pseudo_abnormal
+from ..runtime import seeded_generator as generator
 
 Item = tuple[int, int, int]  # (epoch, position in the epoch, slice index)
-
-
-def derived_seed(*parts: object) -> int:
-    digest = hashlib.blake2b(repr(parts).encode(), digest_size=8).digest()
-    return int.from_bytes(digest, "little") & ((1 << 63) - 1)
-
-
-def generator(*parts: object) -> torch.Generator:
-    """A CPU generator seeded from ``parts`` (e.g. seed, purpose, epoch, position)."""
-    return torch.Generator().manual_seed(derived_seed(*parts))
 
 
 def batches_per_epoch(n: int, batch: int) -> int:
