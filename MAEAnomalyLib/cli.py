@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import signal
 import sys
-from collections.abc import Sequence
+import threading
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 from .config import PRESETS, apply_overrides, preset
@@ -128,14 +131,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--masks", nargs="+", help="foreground masks, paired with --images in order (same forms)")
     p.add_argument("--labels", nargs="+", help="label maps; slices with any voxel > 0 are left out (same forms)")
     p.add_argument("--out", required=True, help="model directory to write")
-    p.add_argument("--preset", choices=PRESETS, default="small")
-    p.add_argument("--mae-epochs", type=int)
-    p.add_argument("--classifier-epochs", type=int)
+    p.add_argument("--preset", choices=PRESETS, default="small",
+                   help="network sizes and training settings (default: small; tiny for tests, paper for a GPU)")
+    p.add_argument("--mae-epochs", type=int, help="epochs of the masked autoencoder (default: the preset's)")
+    p.add_argument("--classifier-epochs", type=int, help="epochs of the classifier (default: the preset's)")
     p.add_argument("--batch-size", type=int, help="slices per batch in both stages (default: the preset's)")
-    p.add_argument("--seed", type=int)
+    p.add_argument("--seed", type=int, help="seed of every random draw (default: the preset's, 0)")
     p.add_argument("--set", action="append", metavar="SECTION.FIELD=VALUE",
                    help="override any config field, e.g. pseudo_abnormal.beta_mode=pixel (repeatable)")
-    p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
+    p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"), help=DEVICE_HELP)
     p.add_argument("--resume", action="store_true", help="continue an interrupted run in --out")
     p.add_argument("--workers", type=int, default=2, help="data-loading processes per training process (0: none)")
     p.add_argument("--cache-dir", help="slice cache folder, shareable between runs (default: <out>/slice_cache)")
@@ -147,41 +151,73 @@ def build_parser() -> argparse.ArgumentParser:
                    help="torch.compile the training step (minutes to compile; pays off in long GPU runs)")
     p.set_defaults(func=cmd_train)
 
-    p = sub.add_parser("score", help="score every axial slice of one volume")
-    p.add_argument("--model", required=True)
-    p.add_argument("--image", required=True)
-    p.add_argument("--mask")
-    p.add_argument("--out-dir", required=True)
-    p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
+    p = sub.add_parser("score", help="score every axial slice of one volume",
+                       description="Scores every axial slice of one volume and writes NAME_scores.csv, "
+                                   "NAME_diff.nii.gz and NAME_report.png to --out-dir (all or none).")
+    p.add_argument("--model", required=True, help="model directory (config.json and .safetensors files)")
+    p.add_argument("--image", required=True, help="the volume: NIfTI, NRRD, MetaImage, Analyze or a DICOM folder")
+    p.add_argument("--mask", help="foreground (brain) mask on the image's grid (default: found automatically)")
+    p.add_argument("--out-dir", required=True, help="folder for the three outputs (created if needed)")
+    p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"),
+                   help=DEVICE_HELP)
     p.add_argument("--batch-size", type=int, default=32, help="slices per batch (each reconstructed 4 times)")
     p.add_argument("--progress", choices=("none", "lines"), default="none",
                    help="'lines' prints 'progress <fraction>' to stderr, for programs that run this one")
     p.set_defaults(func=cmd_score)
 
     p = sub.add_parser("evaluate", help="slice-level AUROC and AUPRC on labelled volumes")
-    p.add_argument("--model", required=True)
-    p.add_argument("--images", nargs="+", required=True)
+    p.add_argument("--model", required=True, help="model directory")
+    p.add_argument("--images", nargs="+", required=True, help="labelled volumes to score")
     p.add_argument("--labels", nargs="+", required=True, help="label maps; a slice is abnormal if any voxel > 0")
-    p.add_argument("--masks", nargs="+")
+    p.add_argument("--masks", nargs="+", help="foreground masks, paired with --images in order")
     p.add_argument("--json", help="also write the metrics to this JSON file")
-    p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
-    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"), help=DEVICE_HELP)
+    p.add_argument("--batch-size", type=int, default=32, help="slices per batch (default: 32)")
     p.set_defaults(func=cmd_evaluate)
 
     p = sub.add_parser("demo", help="generate data, train 'tiny', score and evaluate, end to end")
-    p.add_argument("--out-dir", default="maeanomaly_demo")
+    p.add_argument("--out-dir", default="maeanomaly_demo",
+                   help="folder for the data, model and outputs (default: maeanomaly_demo; only an earlier "
+                        "demo's output is ever replaced)")
     p.add_argument("--healthy", type=int, default=10, help="number of healthy training volumes")
-    p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
+    p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"), help=DEVICE_HELP)
     p.add_argument("--quick", action="store_true", help="a few epochs only (a smoke test, not a useful model)")
     p.set_defaults(func=cmd_demo)
     return parser
+
+
+DEVICE_HELP = "auto: CUDA when torch sees a GPU, else the CPU (default: auto)"
+
+
+class Terminated(BaseException):
+    """SIGTERM arrived: unwinds like Ctrl-C, so that pending outputs are discarded."""
+
+
+@contextlib.contextmanager
+def _terminated_on_sigterm(enabled: bool) -> Iterator[None]:
+    if not enabled or threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def stop(signum: int, frame: object) -> None:
+        raise Terminated
+
+    previous = signal.signal(signal.SIGTERM, stop)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def main(argv: Sequence[str] | None = None, raise_errors: bool = False) -> int:
     """Entry point; user errors become one line on stderr and exit code 2."""
     args = build_parser().parse_args(argv)
     try:
-        return args.func(args)
+        with _terminated_on_sigterm(args.command != "train"):  # train stops at a batch boundary itself
+            return args.func(args)
+    except Terminated:
+        print("maeanomaly: terminated (SIGTERM); nothing was written", file=sys.stderr)
+        return 143
     except MAEAnomalyError as exc:
         if raise_errors:
             raise

@@ -218,8 +218,15 @@ def apply_overrides(cfg: ModelConfig, overrides: Sequence[str]) -> None:
         key, sep, raw = item.partition("=")
         section_name, _, field_name = key.partition(".")
         section = getattr(cfg, section_name, None)
-        if not sep or section is None or not dataclasses.is_dataclass(section) or not hasattr(section, field_name):
+        sections = [f.name for f in dataclasses.fields(cfg) if dataclasses.is_dataclass(getattr(cfg, f.name))]
+        if not sep or not field_name:
             raise MAEAnomalyError(f"--set {item}: expected section.field=value, e.g. pseudo_abnormal.beta_mode=pixel")
+        if section_name not in sections:
+            raise MAEAnomalyError(f"--set {item}: no section '{section_name}' (sections: {', '.join(sections)})")
+        names = [f.name for f in dataclasses.fields(section)]
+        if field_name not in names:
+            raise MAEAnomalyError(f"--set {item}: '{section_name}' has no setting '{field_name}' "
+                                  f"(settings: {', '.join(names)})")
         current = getattr(section, field_name)
         try:
             if isinstance(current, bool):

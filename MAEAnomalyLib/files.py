@@ -56,6 +56,26 @@ def _same_image(written: sitk.Image, path: Path) -> bool:
             and np.array_equal(sitk.GetArrayViewFromImage(back), sitk.GetArrayViewFromImage(written)))
 
 
+@contextlib.contextmanager
+def _folders_locked(folders: Iterator[Path]) -> Iterator[None]:
+    """Holds an exclusive lock on each folder (``flock`` on the folder itself, so no lock file is left),
+    so that two runs committing sets of files into one folder take turns and never mix their sets."""
+    try:
+        import fcntl
+    except ImportError:  # Windows: no advisory locks; each file is still whole
+        yield
+        return
+    handles = []
+    try:
+        for folder in sorted({str(f) for f in folders}):  # one order everywhere: no deadlock
+            handles.append(os.open(folder, os.O_RDONLY))
+            fcntl.flock(handles[-1], fcntl.LOCK_EX)
+        yield
+    finally:
+        for handle in handles:
+            os.close(handle)
+
+
 class AtomicWriter:
     """Writes each output beside its destination under a temporary name; see ``atomic_outputs``."""
 
@@ -112,9 +132,14 @@ class AtomicWriter:
         self.write_bytes(text.encode("utf-8"), destination)
 
     def commit(self) -> None:
+        for _, destination in self._pending:  # before any rename: the set is committed whole or not at all
+            if destination.is_dir():
+                self.discard()
+                raise write_failure(destination, "a folder is in the way")
         try:
-            for tmp, destination in self._pending:
-                os.replace(tmp, destination)
+            with _folders_locked(d.parent for _, d in self._pending):
+                for tmp, destination in self._pending:
+                    os.replace(tmp, destination)
         except OSError as exc:
             self.discard()
             raise write_failure(destination, exc) from None

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import errno
 import gzip
+import os
 import struct
 import zlib
 from collections.abc import Sequence
@@ -102,9 +104,23 @@ def _check_dicom_spacing(files: Sequence[str], path: Path) -> None:
                               "or resample it to even spacing first", path)
 
 
+def _missing(path: Path) -> str:
+    """Why a path that does not exist cannot be read: a link loop, a broken link, or no such file."""
+    if not path.is_symlink():
+        return "file not found"
+    try:
+        path.resolve(strict=True)
+    except RuntimeError:
+        return "symbolic link loop"
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            return "symbolic link loop"
+    return f"broken symbolic link (it points to {os.readlink(path)}, which does not exist)"
+
+
 def _read_any(path: Path) -> sitk.Image:
     if not path.exists():
-        raise MAEAnomalyError("file not found", path)
+        raise MAEAnomalyError(_missing(path), path)
     if path.is_dir():
         reader = sitk.ImageSeriesReader()
         series = reader.GetGDCMSeriesIDs(str(path))
@@ -145,10 +161,14 @@ def read_volume(path: str | Path, kind: str = "image") -> sitk.Image:
         raise MAEAnomalyError(
             f"{kind} has {image.GetNumberOfComponentsPerPixel()} components per voxel; a scalar volume is needed",
             path)
+    stored = sitk.GetArrayViewFromImage(image)
+    if stored.dtype.kind == "f" and not np.isfinite(stored).all():
+        raise MAEAnomalyError(f"{kind} contains NaN or infinite voxels", path)
+    largest = float(np.abs(stored).max()) if stored.size else 0.0
+    if largest > float(np.finfo(np.float32).max):
+        raise MAEAnomalyError(f"{kind} has values up to {largest:.3g}, beyond what 32-bit floats hold", path)
     image = sitk.Cast(image, sitk.sitkFloat32)
     values = sitk.GetArrayViewFromImage(image)
-    if not np.isfinite(values).all():
-        raise MAEAnomalyError(f"{kind} contains NaN or infinite voxels", path)
     if kind == "image" and values.min() == values.max():
         raise MAEAnomalyError(f"image is constant (every voxel is {float(values.min()):g})", path)
     return image

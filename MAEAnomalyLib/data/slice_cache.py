@@ -91,14 +91,22 @@ class SliceCache:
         return self.root / key[:2] / key
 
     def load(self, key: str) -> CacheEntry | None:
-        """The entry for ``key``, or None when it has not been written (completely) yet."""
+        """The entry for ``key``, or None when it has not been written yet; a damaged entry (a file short
+        or unreadable) is removed and also None, so that ``ensure`` prepares the volume again."""
         directory = self.directory(key)
         try:
             meta = json.loads((directory / META_NAME).read_text())
+            for name in (SLICES_NAME, FOREGROUND_NAME):  # a short file (a damaged disk, a killed copy)
+                if np.load(directory / name, mmap_mode="r").shape != tuple(meta["shape"]):
+                    raise ValueError(name)
         except FileNotFoundError:
+            if not (directory / META_NAME).exists():
+                return None
+            shutil.rmtree(directory, ignore_errors=True)  # incomplete: prepared again by ``ensure``
             return None
-        except (OSError, ValueError):
-            raise MAEAnomalyError("cache entry is damaged; delete it and run again", directory) from None
+        except (OSError, ValueError, KeyError, TypeError):
+            shutil.rmtree(directory, ignore_errors=True)
+            return None
         labelled = None if meta["labelled"] is None else np.asarray(meta["labelled"], dtype=bool)
         return CacheEntry(directory, np.asarray(meta["foreground_fraction"], dtype=np.float64), labelled)
 

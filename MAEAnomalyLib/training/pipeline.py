@@ -12,10 +12,11 @@ as an uninterrupted one.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import shutil
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -93,6 +94,20 @@ def mae_of(model_dir: Path, cfg: ModelConfig) -> AnomalyModel:
     return source
 
 
+@contextlib.contextmanager
+def _removed_on_error(out_dir: Path, owned: bool) -> Iterator[None]:
+    """A bad input ends a fresh run with no output folder, nor the slice cache made in it (a --cache-dir
+    elsewhere keeps what was prepared, for the next run)."""
+    try:
+        yield
+    except TrainingInterrupted:
+        raise
+    except MAEAnomalyError:
+        if owned:
+            shutil.rmtree(out_dir, ignore_errors=True)
+        raise
+
+
 def _quiet(_: str) -> None:
     pass
 
@@ -117,20 +132,14 @@ def train(images: Sequence[Path], out_dir: Path, cfg: ModelConfig, device: torch
         torch.manual_seed(cfg.train.seed)
         train_ids, val_ids = split_volumes(len(volumes), cfg.train.validation_fraction, cfg.train.seed)
         cache = SliceCache(options.cache_dir or out_dir / "slice_cache", cfg.preprocess, cfg.mae.patch_size)
-        try:
+        with _removed_on_error(out_dir, fresh and dist.is_main):
             keys, entries = cache_cohort(volumes, cache, dist, stop, options.workers, show_progress)
-        except TrainingInterrupted:
-            raise
-        except MAEAnomalyError:
-            # A bad input leaves no output folder behind (a --cache-dir keeps what was prepared).
-            if fresh and options.cache_dir is None and dist.is_main:
-                shutil.rmtree(out_dir, ignore_errors=True)
-            raise
-        min_fg = cfg.preprocess.min_train_foreground
-        train_rows = SliceRows([entries[i] for i in train_ids], min_fg)
-        val_rows = SliceRows([entries[i] for i in val_ids], min_fg)
-        if len(train_rows) == 0 or len(val_rows) == 0:
-            raise MAEAnomalyError("no healthy slices with enough foreground to train on (check masks and labels)")
+            min_fg = cfg.preprocess.min_train_foreground
+            train_rows = SliceRows([entries[i] for i in train_ids], min_fg)
+            val_rows = SliceRows([entries[i] for i in val_ids], min_fg)
+            if len(train_rows) == 0 or len(val_rows) == 0:
+                raise MAEAnomalyError("no healthy slices with enough foreground to train on (check masks and labels)")
+
         digest = hashlib.sha256(json.dumps([keys, train_ids, val_ids]).encode()).hexdigest()
         log(f"training on {len(train_rows)} slices from {len(train_ids)} volumes; {len(val_rows)} slices from "
             f"{len(val_ids)} held-out volumes for validation and calibration"
