@@ -35,6 +35,8 @@ def write_failure(destination: str | Path, reason: object) -> MAEAnomalyError:
     if isinstance(reason, OSError) and reason.errno is not None:
         reason = os.strerror(reason.errno)
     text = (str(reason).strip().splitlines() or ["unknown error"])[0][:200]
+    if isinstance(reason, OSError):  # a short write without errno (numpy's tofile)
+        text = f"{text}: the disk is full or a file-size limit was reached"
     return MAEAnomalyError(f"cannot write ({text}); nothing was written", destination)
 
 

@@ -112,6 +112,18 @@ def test_read_back_catches_an_image_that_differs_from_what_was_written(tmp_path:
     assert list(tmp_path.iterdir()) == []
 
 
+@pytest.mark.parametrize("suffix", [".mha", ".mhd"])
+def test_a_metaimage_that_holds_less_data_than_its_header_promises_is_refused(tmp_path: Path, suffix: str) -> None:
+    path = tmp_path / f"cut{suffix}"
+    sitk.WriteImage(make_subject(2).image, str(path), useCompression=False)
+    data_file = path if suffix == ".mha" else path.with_suffix(".raw")
+    data = data_file.read_bytes()
+    data_file.write_bytes(data[: len(data) * 2 // 3])
+    with pytest.raises(MAEAnomalyError, match="image is truncated") as info:
+        read_volume(path)
+    assert str(path) in str(info.value)
+
+
 @pytest.mark.parametrize("suffix", [".nii", ".nii.gz"])
 def test_a_nifti_that_holds_less_data_than_its_header_promises_is_refused(tmp_path: Path, suffix: str) -> None:
     image = make_subject(2).image
@@ -224,3 +236,21 @@ def test_outputs_and_cache_entries_follow_the_users_umask(tmp_path: Path) -> Non
     for path in (tmp_path / "out" / "a.csv", tmp_path / "out" / "b.nii.gz"):
         assert path.stat().st_mode & 0o777 == 0o664, oct(path.stat().st_mode)
     assert entry.directory.stat().st_mode & 0o777 == 0o775
+
+
+def test_a_full_disk_while_training_is_one_line_and_leaves_nothing(cohort: dict, tmp_path: Path) -> None:
+    """A file-size limit stops the slice cache's first write: one line, exit 2, and no output folder."""
+    out = tmp_path / "model"
+
+    def limit() -> None:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (50_000, 50_000))
+
+    images = [str(h[0]) for h in cohort["healthy"][:2]]
+    done = subprocess.run([sys.executable, "-m", "MAEAnomalyLib", "train", "--preset", "tiny", "--out", str(out),
+                           "--images", *images, "--workers", "0", "--device", "cpu"],
+                          capture_output=True, encoding="utf-8", cwd=ROOT, preexec_fn=limit, timeout=300,
+                          env={**os.environ, "PYTHONPATH": str(ROOT)})
+    lines = [ln for ln in done.stderr.splitlines() if ln.strip() and not ln.startswith(("preset ", "preparing"))]
+    assert done.returncode == 2, done.stderr
+    assert len(lines) == 1 and "cannot write (" in lines[0] and "file-size limit" in lines[0], lines
+    assert not out.exists()

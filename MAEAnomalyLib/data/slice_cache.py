@@ -29,7 +29,7 @@ import torch
 
 from ..config import PreprocessConfig
 from ..errors import MAEAnomalyError
-from ..files import current_umask
+from ..files import current_umask, write_failure
 from .digest import content_digest
 from .preprocessing import prepare
 
@@ -135,6 +135,8 @@ class SliceCache:
             except OSError:
                 if self.load(key) is None:  # not a concurrent writer's finished entry: a real failure
                     raise
+        except OSError as exc:  # a full disk or a file-size limit (numpy's short writes carry no errno)
+            raise write_failure(final, exc) from None
         finally:
             shutil.rmtree(temp, ignore_errors=True)
         entry = self.load(key)

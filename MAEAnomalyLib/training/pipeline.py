@@ -96,13 +96,13 @@ def mae_of(model_dir: Path, cfg: ModelConfig) -> AnomalyModel:
 
 @contextlib.contextmanager
 def _removed_on_error(out_dir: Path, owned: bool) -> Iterator[None]:
-    """A bad input ends a fresh run with no output folder, nor the slice cache made in it (a --cache-dir
-    elsewhere keeps what was prepared, for the next run)."""
+    """A bad input or a failed write ends a fresh run with no output folder, nor the slice cache made in
+    it (a --cache-dir elsewhere keeps what was prepared, for the next run)."""
     try:
         yield
     except TrainingInterrupted:
         raise
-    except MAEAnomalyError:
+    except (MAEAnomalyError, OSError):  # OSError: a full disk or a file-size limit while caching
         if owned:
             shutil.rmtree(out_dir, ignore_errors=True)
         raise
