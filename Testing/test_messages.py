@@ -115,6 +115,7 @@ def test_a_failed_training_run_leaves_no_folder_and_no_cache(cohort: dict, tmp_p
     assert not out.exists()
 
 
+@pytest.mark.slow  # processes of its own, killed or limited
 def test_sigterm_during_score_leaves_all_outputs_or_none(untrained_model_dir: Path, tmp_path: Path) -> None:
     """SIGTERM at a random moment of ``score``: exit 143 and no file at all, or exit 0 and all three;
     never a temporary file."""

@@ -65,6 +65,7 @@ def test_evaluate_refuses_a_json_path_that_is_a_model_file(capfd: pytest.Capture
     assert config.read_bytes() == before
 
 
+@pytest.mark.slow  # processes of its own, killed or limited
 def test_a_failed_image_write_is_never_committed(untrained_model_dir: Path, subject: tuple[Path, Path, Path],
                                                  tmp_path: Path) -> None:
     """A file-size limit lets the CSV through but not the difference map: ITK only warns, so the write
@@ -181,6 +182,7 @@ while True:
 """
 
 
+@pytest.mark.slow  # processes of its own, killed or limited
 def test_sigkill_at_any_moment_leaves_a_whole_checkpoint(tmp_path: Path) -> None:
     """Weights and the state that goes with them are committed in one rename: after a SIGKILL at a random
     moment the checkpoint on disk is the last one saved whole, never the weights of one save with the
@@ -238,6 +240,7 @@ def test_outputs_and_cache_entries_follow_the_users_umask(tmp_path: Path) -> Non
     assert entry.directory.stat().st_mode & 0o777 == 0o775
 
 
+@pytest.mark.slow  # processes of its own, killed or limited
 def test_a_full_disk_while_training_is_one_line_and_leaves_nothing(cohort: dict, tmp_path: Path) -> None:
     """A file-size limit stops the slice cache's first write: one line, exit 2, and no output folder."""
     out = tmp_path / "model"
