@@ -40,11 +40,18 @@ def write_failure(destination: str | Path, reason: object) -> MAEAnomalyError:
     return MAEAnomalyError(f"cannot write ({text}); nothing was written", destination)
 
 
+def _resolved(path: str | Path) -> Path:
+    try:
+        return Path(path).resolve()
+    except (RuntimeError, OSError):  # RuntimeError: Python before 3.13 on a link loop
+        raise write_failure(path, "Too many levels of symbolic links") from None
+
+
 def refuse_inputs(outputs: Iterator[str | Path] | list, inputs: Iterator[str | Path] | list, flag: str) -> None:
     """Raises when an output path is one of the inputs (after symlinks and relative parts are resolved)."""
-    guarded = {Path(p).resolve() for p in inputs if p is not None}
+    guarded = {_resolved(p) for p in inputs if p is not None}
     for path in outputs:
-        if Path(path).resolve() in guarded:
+        if _resolved(path) in guarded:
             raise MAEAnomalyError(f"output would overwrite an input file; choose another {flag}", path)
 
 

@@ -168,3 +168,22 @@ def test_two_runs_committing_into_one_folder_never_mix_their_sets(tmp_path: Path
     run("second")
     first.join()
     assert (tmp_path / "a.txt").read_text() == (tmp_path / "b.txt").read_text()
+
+
+@pytest.mark.parametrize("case", ["json_folder", "out_dir_link_loop"])
+def test_outputs_that_cannot_be_files_are_one_line(capfd: pytest.CaptureFixture, untrained_model_dir: Path,
+                                                   cohort: dict, tmp_path: Path, case: str) -> None:
+    image, mask, label = (str(p) for p in cohort["lesioned"][0])
+    if case == "json_folder":
+        (tmp_path / "metrics.json").mkdir()
+        argv = ["evaluate", "--images", image, "--labels", label, "--json", str(tmp_path / "metrics.json")]
+        words = "--json must name a file, but a folder is there"
+    else:
+        loop = tmp_path / "loop"
+        loop.symlink_to(loop)
+        argv = ["score", "--image", image, "--mask", mask, "--out-dir", str(loop)]
+        words = "cannot write (Too many levels of symbolic links)"
+    capfd.readouterr()
+    code = main([*argv, "--model", str(untrained_model_dir), "--device", "cpu"])
+    lines = [ln for ln in capfd.readouterr().err.splitlines() if ln.strip() and not ln.startswith("scoring")]
+    assert code == 2 and len(lines) == 1 and words in lines[0], lines
