@@ -117,8 +117,8 @@ def test_a_failed_training_run_leaves_no_folder_and_no_cache(cohort: dict, tmp_p
 
 @pytest.mark.slow  # processes of its own, killed or limited
 def test_sigterm_during_score_leaves_all_outputs_or_none(untrained_model_dir: Path, tmp_path: Path) -> None:
-    """SIGTERM at a random moment of ``score``: exit 143 and no file at all, or exit 0 and all three;
-    never a temporary file."""
+    """SIGTERM at a random moment of ``score``: exit 143 and no file at all, or all three outputs (it had
+    finished); never a temporary file, never a traceback."""
     subject = make_subject(7, shape=(60, 96, 96))
     image, mask, _ = subject.write(tmp_path / "data", "head")
     rng = np.random.default_rng(0)
@@ -134,10 +134,11 @@ def test_sigterm_during_score_leaves_all_outputs_or_none(untrained_model_dir: Pa
         _, err = child.communicate(timeout=120)
         files = sorted(p.name for p in out.iterdir()) if out.exists() else []
         assert not [f for f in files if f.startswith(".")], files
+        assert "Traceback" not in err
         if child.returncode == 143:
             assert files == [] and "terminated" in err
-        else:
-            assert child.returncode == 0 and len(files) == 3, (child.returncode, err)
+        else:  # it finished first (then the signal may still end the process: -15)
+            assert child.returncode in (0, -signal.SIGTERM) and len(files) == 3, (child.returncode, err)
         outcomes.add(child.returncode)
     assert 143 in outcomes  # at least one trial was stopped while it ran
 
