@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from collections.abc import Sequence
 from typing import Any
 
 
@@ -68,9 +69,17 @@ RANGES: dict[tuple[str, str], tuple[float, float]] = {
     ("train", "target_fpr"): (1e-6, 1),
     ("train", "seed"): (0, 2**63),
 }
-# Parameters of the largest preset (``paper``) times this: anything larger is refused before it is built.
+
+
+def approximate_parameters(blocks: Sequence[tuple[int, int]]) -> int:
+    """Parameters of transformer stacks given as (depth, width): about 12 width² per block."""
+    return sum(12 * depth * width**2 for depth, width in blocks)
+
+
+# Parameters of the largest preset (``paper``: encoder, decoder, classifier) times this: anything larger
+# is refused before it is built.
 SIZE_CAP_FACTOR = 10
-_PAPER_PARAMETERS = 2 * 12 * 12 * 768**2 + 12 * 8 * 512**2
+_PAPER_PARAMETERS = approximate_parameters([(12, 768), (8, 512), (12, 768)])
 
 
 def setting_problem(section: str, name: str, value: Any) -> str | None:
@@ -119,8 +128,8 @@ def _relation_problems(cfg: Any) -> list[str]:
         problems.append("pseudo_abnormal minimums must not exceed their maximums (boxes, sides, beta)")
     if cfg.threshold is not None and not (isinstance(cfg.threshold, (int, float)) and 0 <= cfg.threshold <= 1):
         problems.append(f"threshold is {cfg.threshold!r}; it must be a probability from 0 to 1")
-    parameters = (12 * mae.depth * mae.embed_dim**2 + 12 * mae.decoder_depth * mae.decoder_embed_dim**2
-                  + 12 * clf.depth * clf.embed_dim**2)
+    parameters = approximate_parameters([(mae.depth, mae.embed_dim), (mae.decoder_depth, mae.decoder_embed_dim),
+                                         (clf.depth, clf.embed_dim)])
     if parameters > SIZE_CAP_FACTOR * _PAPER_PARAMETERS:
         problems.append(f"the networks would have about {parameters / 1e9:.1f} billion parameters, more than "
                         f"{SIZE_CAP_FACTOR} times the largest preset")

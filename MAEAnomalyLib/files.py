@@ -9,7 +9,7 @@ import contextlib
 import errno
 import os
 import tempfile
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -32,11 +32,11 @@ def atomic_outputs() -> Iterator[AtomicWriter]:
 
 def write_failure(destination: str | Path, reason: object) -> MAEAnomalyError:
     """The one-line error for an output that could not be written whole."""
-    if isinstance(reason, OSError) and reason.errno is not None:
-        reason = os.strerror(reason.errno)
     text = (str(reason).strip().splitlines() or ["unknown error"])[0][:200]
-    if isinstance(reason, OSError):  # a short write without errno (numpy's tofile)
-        text = f"{text}: the disk is full or a file-size limit was reached"
+    if isinstance(reason, OSError):
+        # With an errno, its plain words; without one (numpy's short writes), the likely cause.
+        text = (os.strerror(reason.errno) if reason.errno is not None
+                else f"{text}: the disk is full or a file-size limit was reached")
     return MAEAnomalyError(f"cannot write ({text}); nothing was written", destination)
 
 
@@ -47,7 +47,7 @@ def _resolved(path: str | Path) -> Path:
         raise write_failure(path, "Too many levels of symbolic links") from None
 
 
-def refuse_inputs(outputs: Iterator[str | Path] | list, inputs: Iterator[str | Path] | list, flag: str) -> None:
+def refuse_inputs(outputs: Iterable[str | Path], inputs: Iterable[str | Path | None], flag: str) -> None:
     """Raises when an output path is one of the inputs (after symlinks and relative parts are resolved)."""
     guarded = {_resolved(p) for p in inputs if p is not None}
     for path in outputs:
@@ -66,7 +66,7 @@ def _same_image(written: sitk.Image, path: Path) -> bool:
 
 
 @contextlib.contextmanager
-def _folders_locked(folders: Iterator[Path]) -> Iterator[None]:
+def _folders_locked(folders: Iterable[Path]) -> Iterator[None]:
     """Holds an exclusive lock on each folder (``flock`` on the folder itself, so no lock file is left),
     so that two runs committing sets of files into one folder take turns and never mix their sets."""
     try:

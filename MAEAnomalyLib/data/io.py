@@ -47,6 +47,12 @@ def check_gzip_stream(path: Path) -> None:
         raise MAEAnomalyError(f"cannot read image (damaged or truncated compressed file: {exc})", path) from None
 
 
+def _check_holds(held: int, expected: int, path: Path) -> None:
+    if held < expected:
+        raise MAEAnomalyError(f"image is truncated: its header promises {expected} bytes of voxels, the file holds "
+                              f"{held}", path)
+
+
 def _check_nifti(path: Path) -> None:
     """Checks a NIfTI-1 file against its own header: it must hold every voxel the header promises (ITK
     fills a short file with zeros), and float data must be finite (ITK's reader turns NaN into 0)."""
@@ -72,9 +78,7 @@ def _check_nifti(path: Path) -> None:
             if dtype is not None and finite:
                 usable = len(chunk) - len(chunk) % dtype.itemsize
                 finite = bool(np.isfinite(np.frombuffer(chunk[:usable], dtype=dtype)).all())
-    if held < expected:
-        raise MAEAnomalyError(f"image is truncated: its header promises {expected} bytes of voxels, the file holds "
-                              f"{held}", path)
+    _check_holds(held, expected, path)
     if not finite:
         raise MAEAnomalyError("image contains NaN or infinite voxels", path)
 
@@ -137,9 +141,7 @@ def _check_metaimage(path: Path) -> None:
     else:
         return
     expected = int(np.prod(dims, dtype=np.int64)) * per_voxel
-    if held < expected:
-        raise MAEAnomalyError(f"image is truncated: its header promises {expected} bytes of voxels, the file holds "
-                              f"{held}", path)
+    _check_holds(held, expected, path)
 
 
 def _missing(path: Path) -> str:
@@ -204,7 +206,8 @@ def read_volume(path: str | Path, kind: str = "image") -> sitk.Image:
     stored = sitk.GetArrayViewFromImage(image)
     if stored.dtype.kind == "f" and not np.isfinite(stored).all():
         raise MAEAnomalyError(f"{kind} contains NaN or infinite voxels", path)
-    largest = float(np.abs(stored).max()) if stored.size else 0.0
+    # Only doubles can exceed float32's range (the largest 64-bit integer is far below it).
+    largest = float(np.abs(stored).max()) if stored.dtype == np.float64 and stored.size else 0.0
     if largest > float(np.finfo(np.float32).max):
         raise MAEAnomalyError(f"{kind} has values up to {largest:.3g}, beyond what 32-bit floats hold", path)
     image = sitk.Cast(image, sitk.sitkFloat32)

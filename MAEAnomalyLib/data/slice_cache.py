@@ -94,18 +94,15 @@ class SliceCache:
         """The entry for ``key``, or None when it has not been written yet; a damaged entry (a file short
         or unreadable) is removed and also None, so that ``ensure`` prepares the volume again."""
         directory = self.directory(key)
+        if not (directory / META_NAME).exists():
+            return None
         try:
             meta = json.loads((directory / META_NAME).read_text())
             for name in (SLICES_NAME, FOREGROUND_NAME):  # a short file (a damaged disk, a killed copy)
                 if np.load(directory / name, mmap_mode="r").shape != tuple(meta["shape"]):
                     raise ValueError(name)
-        except FileNotFoundError:
-            if not (directory / META_NAME).exists():
-                return None
-            shutil.rmtree(directory, ignore_errors=True)  # incomplete: prepared again by ``ensure``
-            return None
         except (OSError, ValueError, KeyError, TypeError):
-            shutil.rmtree(directory, ignore_errors=True)
+            shutil.rmtree(directory, ignore_errors=True)  # prepared again by ``ensure``
             return None
         labelled = None if meta["labelled"] is None else np.asarray(meta["labelled"], dtype=bool)
         return CacheEntry(directory, np.asarray(meta["foreground_fraction"], dtype=np.float64), labelled)
