@@ -1,4 +1,5 @@
-"""Command line: ``maeanomaly train | score | evaluate | demo`` (also ``python -m MAEAnomalyLib``)."""
+"""Command line: ``maeanomaly train | score | evaluate | calibrate | models | demo`` (also ``python -m
+MAEAnomalyLib``)."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ import threading
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
+from .cli_models import add_model_commands
 from .config import PRESETS, apply_overrides, preset
 from .errors import MAEAnomalyError
 
@@ -79,10 +81,14 @@ def cmd_score(args: argparse.Namespace) -> int:
     _check_batch_size(args)
     from .runtime import resolve_device
     from .scoring.outputs import score_to_files
+    from .shipped import resolve_model
 
-    result, paths = score_to_files(args.model, args.image, args.mask, args.out_dir, resolve_device(args.device),
-                                   args.batch_size, _progress_printer(args.progress))
+    model = resolve_model(args.model)
+    result, paths, foreground = score_to_files(model, args.image, args.brain_mask, args.out_dir,
+                                               resolve_device(args.device), args.batch_size,
+                                               _progress_printer(args.progress))
     flagged = int(result.table["abnormal"].sum())
+    _log(f"model {model}; foreground: {foreground.how}")
     _log(f"{len(result.table['score'])} slices scored, {flagged} above the threshold {result.threshold:.4f}")
     for kind, path in paths.items():
         print(f"{kind}: {path}")
@@ -92,14 +98,18 @@ def cmd_score(args: argparse.Namespace) -> int:
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from .evaluation import evaluate_cohort, format_metrics
     from .files import atomic_outputs, refuse_inputs
+    from .shipped import resolve_model
 
     _check_batch_size(args)
+    args.model = resolve_model(args.model)
     if args.json:
         model_files = list(Path(args.model).glob("*")) if Path(args.model).is_dir() else [args.model]
         refuse_inputs([args.json], [*args.images, *args.labels, *(args.masks or []), *model_files], "--json")
         if Path(args.json).is_dir():
             raise MAEAnomalyError("--json must name a file, but a folder is there", args.json)
-    metrics = evaluate_cohort(args.model, args.images, args.labels, args.masks, args.device, args.batch_size)
+    metrics = evaluate_cohort(args.model, args.images, args.labels, args.masks, args.device, args.batch_size,
+                              args.brain_mask)
+    print(f"model: {args.model}")
     print(format_metrics(metrics))
     if args.json:
         with atomic_outputs() as writer:
@@ -109,15 +119,28 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from .demo import run_demo
+    from .demo import run_demo, run_demo_training
     from .evaluation import format_metrics
 
     out = Path(args.out_dir)
-    metrics, seconds = run_demo(out, args.healthy, args.device, args.quick, _log,
-                                lambda argv: main(argv, raise_errors=True))
-    print(format_metrics(metrics))
-    auroc = metrics["foreground_slices"]["score"]["auroc"]
-    print(f"demo finished in {seconds:.0f} s: slice-level AUROC {auroc:.3f} (slices with foreground); outputs in {out}")
+
+    def run(argv: list[str]) -> int:
+        return main(argv, raise_errors=True)
+
+    if args.train:
+        metrics, seconds = run_demo_training(out, args.healthy, args.device, args.quick, _log, run)
+        print(format_metrics(metrics))
+        auroc = metrics["foreground_slices"]["score"]["auroc"]
+        print(f"demo finished in {seconds:.0f} s: slice-level AUROC {auroc:.3f} (slices with foreground); "
+              f"outputs in {out}")
+        return 0
+    found, seconds = run_demo(out, args.device, _log, run)
+    healthy, lesion = found["healthy"], found["synthetic lesion"]
+    print(f"healthy volume: {healthy['flagged']} of {healthy['brain_slices']} brain slices flagged")
+    print(f"with a SYNTHETIC lesion (inserted by the demo, not a real one): the {lesion['lesion_slices']} slices "
+          f"holding it rank {lesion['lesion_slice_ranks']} of {lesion['brain_slices']} brain slices by score, "
+          f"{lesion['lesion_slices_flagged']} of them flagged; {lesion['flagged']} slices flagged in all")
+    print(f"demo finished in {seconds:.0f} s; outputs in {out}")
     return 0
 
 
@@ -154,9 +177,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("score", help="score every axial slice of one volume",
                        description="Scores every axial slice of one volume and writes NAME_scores.csv, "
                                    "NAME_diff.nii.gz and NAME_report.png to --out-dir (all or none).")
-    p.add_argument("--model", required=True, help="model directory (config.json and .safetensors files)")
+    p.add_argument("--model", help=MODEL_HELP)
     p.add_argument("--image", required=True, help="the volume: NIfTI, NRRD, MetaImage, Analyze or a DICOM folder")
-    p.add_argument("--mask", help="foreground (brain) mask on the image's grid (default: found automatically)")
+    p.add_argument("--brain-mask", default="auto", metavar="auto|none|PATH", help=BRAIN_MASK_HELP)
+    p.add_argument("--mask", dest="brain_mask", help="the same as --brain-mask PATH")
     p.add_argument("--out-dir", required=True, help="folder for the three outputs (created if needed)")
     p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"),
                    help=DEVICE_HELP)
@@ -166,27 +190,38 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_score)
 
     p = sub.add_parser("evaluate", help="slice-level AUROC and AUPRC on labelled volumes")
-    p.add_argument("--model", required=True, help="model directory")
+    p.add_argument("--model", help=MODEL_HELP)
     p.add_argument("--images", nargs="+", required=True, help="labelled volumes to score")
     p.add_argument("--labels", nargs="+", required=True, help="label maps; a slice is abnormal if any voxel > 0")
     p.add_argument("--masks", nargs="+", help="foreground masks, paired with --images in order")
+    p.add_argument("--brain-mask", default="auto", choices=("auto", "none"),
+                   help="without --masks: auto extracts the brain unless skull-stripped (default), none uses "
+                        "the head")
     p.add_argument("--json", help="also write the metrics to this JSON file")
     p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"), help=DEVICE_HELP)
     p.add_argument("--batch-size", type=int, default=32, help="slices per batch (default: 32)")
     p.set_defaults(func=cmd_evaluate)
 
-    p = sub.add_parser("demo", help="generate data, train 'tiny', score and evaluate, end to end")
+    add_model_commands(sub, DEVICE_HELP)
+
+    p = sub.add_parser("demo", help="the shipped model on a real healthy T1 volume and on a copy with a synthetic "
+                                    "lesion (--train: generate data, train 'tiny', score and evaluate)")
     p.add_argument("--out-dir", default="maeanomaly_demo",
                    help="folder for the data, model and outputs (default: maeanomaly_demo; only an earlier "
                         "demo's output is ever replaced)")
-    p.add_argument("--healthy", type=int, default=10, help="number of healthy training volumes")
+    p.add_argument("--train", action="store_true", help="train 'tiny' on a generated cohort instead")
+    p.add_argument("--healthy", type=int, default=10, help="with --train: number of healthy training volumes")
     p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"), help=DEVICE_HELP)
-    p.add_argument("--quick", action="store_true", help="a few epochs only (a smoke test, not a useful model)")
+    p.add_argument("--quick", action="store_true", help="with --train: a few epochs only (a smoke test)")
     p.set_defaults(func=cmd_demo)
     return parser
 
 
 DEVICE_HELP = "auto: CUDA when torch sees a GPU, else the CPU (default: auto)"
+MODEL_HELP = "a shipped model's name (see 'maeanomaly models') or a model directory (default: brain-t1)"
+BRAIN_MASK_HELP = ("the brain: a mask on the image's grid, 'auto' (default: the volume's own background when it "
+                   "is skull-stripped, else deepbet's brain extraction, written as NAME_brainmask.nii.gz) or "
+                   "'none' (the whole head, for models trained that way)")
 
 
 class Terminated(BaseException):

@@ -106,6 +106,9 @@ class TrainConfig:
     score_reconstructions: int = 1
     validation_fraction: float = 0.2
     target_fpr: float = 0.05
+    # Score each slice against held-out healthy slices at the same height in the brain (scoring.position);
+    # false: the classifier's probability, as in the paper.
+    position_reference: bool = True
     # "last": keep the classifier of the last epoch (paper); "best_validation": keep the epoch with the
     # lowest loss on the held-out healthy volumes against their pseudo-abnormal versions (never real
     # anomalies), which guards against over-fitting a small training set.
@@ -125,6 +128,11 @@ class ModelConfig:
     pseudo_abnormal: PseudoAbnormalConfig = field(default_factory=PseudoAbnormalConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     threshold: float | None = None
+    # Per tenth of the brain's axial extent, the healthy centre and spread of each score (scoring.position);
+    # None for models without one: their score is the classifier's probability.
+    position_reference: dict[str, Any] | None = None
+    # Set by ``maeanomaly calibrate``: the healthy volumes of a site, and the threshold it replaced.
+    site_calibration: dict[str, Any] = field(default_factory=dict)
     format_version: int = FORMAT_VERSION
     versions: dict[str, str] = field(default_factory=dict)
     training_summary: dict[str, Any] = field(default_factory=dict)

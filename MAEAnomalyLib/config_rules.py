@@ -126,14 +126,43 @@ def _relation_problems(cfg: Any) -> list[str]:
                         f"mae.decoder_num_heads ({mae.decoder_num_heads})")
     if pa.min_boxes > pa.max_boxes or pa.min_side > pa.max_side or pa.beta_low > pa.beta_high:
         problems.append("pseudo_abnormal minimums must not exceed their maximums (boxes, sides, beta)")
-    if cfg.threshold is not None and not (isinstance(cfg.threshold, (int, float)) and 0 <= cfg.threshold <= 1):
-        problems.append(f"threshold is {cfg.threshold!r}; it must be a probability from 0 to 1")
+    problems += _threshold_problems(cfg)
     parameters = approximate_parameters([(mae.depth, mae.embed_dim), (mae.decoder_depth, mae.decoder_embed_dim),
                                          (clf.depth, clf.embed_dim)])
     if parameters > SIZE_CAP_FACTOR * _PAPER_PARAMETERS:
         problems.append(f"the networks would have about {parameters / 1e9:.1f} billion parameters, more than "
                         f"{SIZE_CAP_FACTOR} times the largest preset")
     return problems
+
+
+def _finite_list(values: Any, length: int) -> bool:
+    return (isinstance(values, list) and len(values) == length
+            and all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in values))
+
+
+def _threshold_problems(cfg: Any) -> list[str]:
+    """The threshold is a probability, or with a position reference a z-score; the reference itself
+    must hold a finite centre and a positive spread per bin for each column (see scoring.position)."""
+    ref, threshold = cfg.position_reference, cfg.threshold
+    number = isinstance(threshold, (int, float)) and not isinstance(threshold, bool) and math.isfinite(threshold)
+    if ref is None:
+        if threshold is not None and not (number and 0 <= threshold <= 1):
+            return [f"threshold is {threshold!r}; it must be a probability from 0 to 1"]
+        return []
+    if threshold is not None and not number:
+        return [f"threshold is {threshold!r}; it must be a finite number"]
+    bins = ref.get("bins") if isinstance(ref, dict) else None
+    columns = ref.get("columns") if isinstance(ref, dict) else None
+    if not (isinstance(bins, int) and 1 <= bins <= 1000 and isinstance(columns, dict)
+            and set(columns) == {"probability", "mae_l1"}):
+        return ["position_reference must hold 'bins' and 'columns' for probability and mae_l1"]
+    for name, entry in columns.items():
+        if not (isinstance(entry, dict) and entry.get("transform") in ("logit", "log")
+                and _finite_list(entry.get("centre"), bins) and _finite_list(entry.get("spread"), bins)
+                and all(v > 0 for v in entry["spread"])):
+            return [f"position_reference column {name} needs a transform, {bins} finite centres and {bins} "
+                    "positive spreads"]
+    return []
 
 
 def check_config(cfg: Any) -> None:

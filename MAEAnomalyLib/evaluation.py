@@ -12,9 +12,44 @@ from sklearn.metrics import average_precision_score, roc_auc_score
 # Each score column and the sign that makes larger mean "more anomalous". foreground_fraction is no
 # detector: it shows how much of an AUROC the slice's brain area alone explains (tumours sit in large
 # mid-brain slices, healthy slices include the small top and bottom ones).
-SCORES = {"score": 1.0, "mae_l1": 1.0, "ssim": -1.0, "intensity_p995": 1.0, "foreground_fraction": 1.0}
-LABELS = {"ssim": "1 - ssim", "foreground_fraction": "foreground area"}
+# probability (the raw classifier output) and mae_l1_position (the MAE error calibrated by position like
+# score) are there for models with a position reference.
+SCORES = {"score": 1.0, "probability": 1.0, "mae_l1": 1.0, "mae_l1_position": 1.0, "ssim": -1.0,
+          "intensity_p995": 1.0, "foreground_fraction": 1.0}
+LABELS = {"ssim": "1 - ssim", "foreground_fraction": "foreground area", "mae_l1_position": "mae_l1 by position"}
 BOOTSTRAP_SAMPLES = 2000
+AREA_STRATA = 5
+
+
+def score_columns(tables: Sequence[dict[str, np.ndarray]]) -> dict[str, float]:
+    """The columns of ``SCORES`` that every table holds, finite on slices with foreground; ``probability``
+    only where it differs from ``score`` (a model with a position reference)."""
+    def usable(name: str) -> bool:
+        return all(name in t and np.isfinite(np.asarray(t[name])[np.asarray(t["skipped"]) == 0]).all()
+                   for t in tables)
+
+    columns = {name: sign for name, sign in SCORES.items() if usable(name)}
+    if "probability" in columns and all(np.array_equal(t["probability"], t["score"]) for t in tables):
+        del columns["probability"]
+    return columns
+
+
+def area_stratified_auroc(truth: np.ndarray, values: np.ndarray, area: np.ndarray,
+                          strata: int = AREA_STRATA) -> float | None:
+    """AUROC with abnormal and normal slices compared only within the same stratum of foreground area
+    (``strata`` equal-count groups), pooled over strata by their number of pairs: what brain area cannot
+    explain. None when no stratum holds both classes."""
+    truth = truth.astype(bool)
+    edges = np.quantile(area, np.linspace(0, 1, strata + 1)[1:-1])
+    group = np.searchsorted(edges, area, side="right")
+    total, pairs = 0.0, 0
+    for g in range(strata):
+        y, v = truth[group == g], values[group == g]
+        n_pos, n_neg = int(y.sum()), int((~y).sum())
+        if n_pos and n_neg:
+            total += roc_auc_score(y, v) * n_pos * n_neg
+            pairs += n_pos * n_neg
+    return total / pairs if pairs else None
 
 
 def _auroc_rows(truth: np.ndarray, values: np.ndarray) -> np.ndarray:
@@ -66,7 +101,7 @@ def by_lesion_size(truth: np.ndarray, values: dict[str, np.ndarray], area: np.nd
     return {"normal": int((~truth).sum()), "groups": out}
 
 
-def by_volume(table: dict[str, np.ndarray], labelled: np.ndarray, name: str) -> dict:
+def by_volume(table: dict[str, np.ndarray], labelled: np.ndarray, name: str, columns: dict[str, float]) -> dict:
     """One volume's slices with foreground: the AUROC of each score within the volume (None unless it
     has both classes), and the share of its normal and of its abnormal slices flagged at the threshold
     (the table's ``abnormal`` column, when it has one). A pooled AUROC also ranks one volume's slices
@@ -74,7 +109,7 @@ def by_volume(table: dict[str, np.ndarray], labelled: np.ndarray, name: str) -> 
     fg = np.asarray(table["skipped"]) == 0
     y = np.asarray(labelled, dtype=bool)[fg]
     entry: dict = {"volume": name, "slices": int(fg.sum()), "abnormal": int(y.sum())}
-    entry["auroc"] = {n: _auroc(y, sign * np.asarray(table[n])[fg]) for n, sign in SCORES.items()}
+    entry["auroc"] = {n: _auroc(y, sign * np.asarray(table[n])[fg]) for n, sign in columns.items()}
     flagged = np.asarray(table["abnormal"])[fg].astype(bool) if "abnormal" in table else None
     entry["flagged_normal"] = float(flagged[~y].mean()) if flagged is not None and (~y).any() else None
     entry["flagged_abnormal"] = float(flagged[y].mean()) if flagged is not None and y.any() else None
@@ -86,7 +121,9 @@ def slice_metrics(tables: list[dict[str, np.ndarray]], labelled: list[np.ndarray
     """Pools slices of all volumes; ``labelled[i][k]`` is True when slice k of volume i is abnormal.
     With ``lesion_area`` (the labelled area of each slice) it adds ``by_lesion_size`` over slices with
     foreground. ``by_volume`` holds each volume's own figures, named by ``names``."""
-    pooled = {name: np.concatenate([t[name] for t in tables]) for name in (*SCORES, "skipped")}
+    columns = score_columns(tables)
+    pooled = {name: np.concatenate([t[name] for t in tables]) for name in (*columns, "foreground_fraction",
+                                                                          "skipped")}
     truth = np.concatenate(labelled).astype(int)
     subsets = {"foreground_slices": pooled["skipped"] == 0, "all_slices": np.ones_like(truth, dtype=bool)}
     out: dict = {}
@@ -94,23 +131,27 @@ def slice_metrics(tables: list[dict[str, np.ndarray]], labelled: list[np.ndarray
         y = truth[chosen]
         entry: dict = {"slices": int(chosen.sum()), "abnormal": int(y.sum())}
         both_classes = 0 < y.sum() < len(y)
-        for name, sign in SCORES.items():
+        for name, sign in columns.items():
             values = sign * pooled[name][chosen]
             if both_classes:
                 entry[name] = {"auroc": float(roc_auc_score(y, values)),
                                "auprc": float(average_precision_score(y, values))}
+                if subset == "foreground_slices":
+                    entry[name]["auroc_within_area"] = area_stratified_auroc(
+                        y, values, pooled["foreground_fraction"][chosen])
             else:
                 entry[name] = {"auroc": None, "auprc": None}
         if both_classes:
             entry["score_minus"] = {name: auroc_difference(y, pooled["score"][chosen], sign * pooled[name][chosen])
-                                    for name, sign in SCORES.items() if name != "score"}
+                                    for name, sign in columns.items() if name != "score"}
         out[subset] = entry
     fg = subsets["foreground_slices"]
     if lesion_area is not None and truth[fg].sum() >= 3 and (1 - truth[fg]).sum() > 0:
         area = np.concatenate(lesion_area)[fg]
-        out["by_lesion_size"] = by_lesion_size(truth[fg], {n: s * pooled[n][fg] for n, s in SCORES.items()}, area)
+        out["by_lesion_size"] = by_lesion_size(truth[fg], {n: s * pooled[n][fg] for n, s in columns.items()}, area)
     names = names or [f"volume {i + 1}" for i in range(len(tables))]
-    out["by_volume"] = [by_volume(t, y, n) for t, y, n in zip(tables, labelled, names, strict=True)]
+    out["by_volume"] = [by_volume(t, y, n, columns) for t, y, n in zip(tables, labelled, names, strict=True)]
+    out["scores"] = list(columns)
     return out
 
 
@@ -118,51 +159,57 @@ def format_metrics(metrics: dict) -> str:
     """A plain-text table of the metrics of each subset of slices, then ``by_lesion_size`` and
     ``by_volume`` if present."""
     subsets = {k: v for k, v in metrics.items() if k.endswith("_slices")}
+    names = metrics.get("scores", list(SCORES))
 
     def fmt(v: float | None) -> str:
         return f"{v:8.3f}" if v is not None else f"{'n/a':>8}"
 
-    lines = [f"{'subset':<18}{'score':<16}{'AUROC':>8}{'AUPRC':>8}   slices (abnormal)"]
+    lines = [f"{'subset':<18}{'score':<20}{'AUROC':>8}{'AUPRC':>8}{'AUROC within area':>19}   slices (abnormal)"]
     for subset, entry in subsets.items():
-        for name in SCORES:
+        for name in names:
             label = LABELS.get(name, name)
-            lines.append(f"{subset:<18}{label:<16}{fmt(entry[name]['auroc'])}{fmt(entry[name]['auprc'])}   "
+            within = entry[name].get("auroc_within_area")
+            lines.append(f"{subset:<18}{label:<20}{fmt(entry[name]['auroc'])}{fmt(entry[name]['auprc'])}"
+                         f"{fmt(within) if subset == 'foreground_slices' else '':>19}   "
                          f"{entry['slices']} ({entry['abnormal']})")
+    lines.append(f"AUROC within area: abnormal and normal slices compared only within the same fifth of "
+                 f"foreground area (what brain area cannot explain; {AREA_STRATA} strata).")
     if any("score_minus" in entry for entry in subsets.values()):
         lines.append("AUROC of score minus each other score, with a 95 % paired bootstrap interval over slices:")
     for subset, entry in subsets.items():
         for name, d in entry.get("score_minus", {}).items():
             low, high = d["ci95"]
-            lines.append(f"{subset:<18}{LABELS.get(name, name):<16}{d['difference']:+8.3f}   [{low:+.3f}, {high:+.3f}]")
+            lines.append(f"{subset:<18}{LABELS.get(name, name):<20}{d['difference']:+8.3f}   [{low:+.3f}, {high:+.3f}]")
     if "by_lesion_size" in metrics:
         entry = metrics["by_lesion_size"]
         heads = [f"{g['area_mm2'][0]:.0f}-{g['area_mm2'][1]:.0f} mm2 ({g['abnormal']})" for g in entry["groups"]]
         lines.append(f"AUROC by lesion area per slice (abnormal slices in each group; each group against all "
                      f"{entry['normal']} normal slices with foreground):")
-        lines.append(f"{'':<18}{'score':<16}" + "".join(f"{h:>24}" for h in heads))
-        for name in SCORES:
+        lines.append(f"{'':<18}{'score':<20}" + "".join(f"{h:>24}" for h in heads))
+        for name in names:
             cells = "".join(f"{fmt(g[name]):>24}" for g in entry["groups"])
-            lines.append(f"{'by_lesion_size':<18}{LABELS.get(name, name):<16}{cells}")
+            lines.append(f"{'by_lesion_size':<18}{LABELS.get(name, name):<20}{cells}")
     if "by_volume" in metrics:
         lines.append("Per volume (slices with foreground): AUROC within the volume, and the share of its normal "
                      "and abnormal slices flagged at the threshold:")
-        heads = [LABELS.get(n, n) for n in SCORES]
-        lines.append(f"{'slices (abnormal)':<18}" + "".join(f"{h:>16}" for h in heads)
+        heads = [LABELS.get(n, n) for n in names]
+        lines.append(f"{'slices (abnormal)':<18}" + "".join(f"{h:>19}" for h in heads)
                      + f"{'flagged normal':>16}{'flagged abnormal':>18}   volume")
         for v in metrics["by_volume"]:
-            cells = "".join(f"{fmt(v['auroc'][n]):>16}" for n in SCORES)
+            cells = "".join(f"{fmt(v['auroc'][n]):>19}" for n in names)
             lines.append(f"{v['slices']:>6} ({v['abnormal']})".ljust(18) + cells
                          + f"{fmt(v['flagged_normal']):>16}{fmt(v['flagged_abnormal']):>18}   {v['volume']}")
     return "\n".join(lines)
 
 
 def evaluate_cohort(model_dir: str | Path, images: Sequence, labels: Sequence, masks: Sequence | None,
-                    device_name: str = "auto", batch_size: int = 32) -> dict:
-    """Scores every volume and returns the slice-level metrics (see ``slice_metrics``)."""
+                    device_name: str = "auto", batch_size: int = 32, brain_mask: str = "auto") -> dict:
+    """Scores every volume and returns the slice-level metrics (see ``slice_metrics``); volumes without
+    a mask get their foreground by ``brain_mask`` (see ``data.brain.choose_foreground``)."""
     from tqdm import tqdm
 
+    from .data.brain import prepare_volume
     from .data.inputs import sources
-    from .data.preprocessing import prepare
     from .model_io import load_model
     from .runtime import resolve_device
     from .scoring.scores import score_prepared
@@ -173,7 +220,8 @@ def evaluate_cohort(model_dir: str | Path, images: Sequence, labels: Sequence, m
     model.to(device)
     tables, truth, areas = [], [], []
     for image, mask, label in tqdm(volumes, desc="scoring volumes", unit="vol"):
-        prepared = prepare(image, model.config.preprocess, mask, label, min_pixels=model.config.mae.patch_size)
+        prepared, _ = prepare_volume(image, model.config.preprocess, mask or brain_mask, label,
+                                     model.config.mae.patch_size, device)
         tables.append(score_prepared(model, prepared, device, batch_size).table)
         truth.append(prepared.labelled)
         areas.append(prepared.labelled_area_mm2)

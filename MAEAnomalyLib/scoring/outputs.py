@@ -4,13 +4,15 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import SimpleITK as sitk
 import torch
 
-from ..data.io import read_mask, read_volume, volume_name
+from ..data.brain import BRAIN_MASK_MODES, Foreground, prepare_volume
+from ..data.io import volume_name
 from ..files import atomic_outputs, refuse_inputs
 from ..model_io import load_model
 from .report import render_report
-from .scores import ProgressFn, VolumeScores, score_image
+from .scores import ProgressFn, VolumeScores, score_prepared
 from .table import table_to_csv
 
 
@@ -21,24 +23,32 @@ def output_paths(out_dir: str | Path, name: str) -> dict[str, Path]:
 
 
 def write_score_outputs(result: VolumeScores, out_dir: str | Path, name: str,
-                        protected: tuple[str | Path, ...] = ()) -> dict[str, Path]:
-    """Writes the three outputs together (all or none), never over a file in ``protected``."""
+                        protected: tuple[str | Path, ...] = (), brain_mask: sitk.Image | None = None
+                        ) -> dict[str, Path]:
+    """Writes the outputs together (all or none), never over a file in ``protected``; with
+    ``brain_mask`` (one extracted here) also that mask, so that the user can see what was scored."""
     paths = output_paths(out_dir, name)
+    if brain_mask is not None:
+        paths["brain_mask"] = Path(out_dir) / f"{name}_brainmask.nii.gz"
     refuse_inputs(paths.values(), protected, "--out-dir")
     with atomic_outputs() as writer:
         writer.write_text(table_to_csv(result.table), paths["scores"])
         writer.write_image(result.difference, paths["difference"])
         writer.write_bytes(render_report(result, name), paths["report"])
+        if brain_mask is not None:
+            writer.write_image(brain_mask, paths["brain_mask"])
     return paths
 
 
-def score_to_files(model_dir: str | Path, image_path: str | Path, mask_path: str | Path | None,
+def score_to_files(model_dir: str | Path, image_path: str | Path, brain_mask: str | Path | None,
                    out_dir: str | Path, device: torch.device, batch_size: int = 32,
-                   progress: ProgressFn | None = None) -> tuple[VolumeScores, dict[str, Path]]:
-    """``maeanomaly score``: scores one volume file and writes its outputs beside none of its inputs."""
+                   progress: ProgressFn | None = None) -> tuple[VolumeScores, dict[str, Path], Foreground]:
+    """``maeanomaly score``: scores one volume file and writes its outputs beside none of its inputs.
+    ``brain_mask`` is a mask file, "auto" or "none" (see ``data.brain.choose_foreground``)."""
     model = load_model(model_dir)
-    image = read_volume(image_path)
-    mask = read_mask(mask_path, image) if mask_path else None
-    result = score_image(model, image, mask, device, batch_size, progress, source=str(image_path))
-    inputs = tuple(p for p in (image_path, mask_path) if p)
-    return result, write_score_outputs(result, out_dir, volume_name(image_path), protected=inputs)
+    prepared, foreground = prepare_volume(image_path, model.config.preprocess, brain_mask,
+                                          min_pixels=model.config.mae.patch_size, device=device)
+    result = score_prepared(model.to(device), prepared, device, batch_size, progress)
+    inputs = tuple(str(p) for p in (image_path, brain_mask) if p and str(p) not in BRAIN_MASK_MODES)
+    extracted = foreground.mask if foreground.extracted else None
+    return result, write_score_outputs(result, out_dir, volume_name(image_path), inputs, extracted), foreground

@@ -27,8 +27,11 @@ def render_report(result: VolumeScores, title: str, top: int = 4) -> bytes:
     abnormal = table["abnormal"] == 1
     ax.plot(pos[abnormal], table["score"][abnormal], "o", ms=5, color="tab:red", label="above threshold")
     ax.set_xlabel("slice position (mm, inferior → superior)")
-    ax.set_ylabel("score")
-    ax.set_ylim(-0.02, 1.02)
+    if np.array_equal(table["score"], table["probability"]):
+        ax.set_ylabel("score (probability)")
+        ax.set_ylim(-0.02, 1.02)
+    else:  # calibrated by position: a z-score against healthy slices at the same height in the brain
+        ax.set_ylabel("score (z vs healthy, by position)")
     ax.set_title(title)
     ax.legend(loc="upper right", fontsize=8)
     order = scored[np.argsort(-table["score"][scored])][:top]

@@ -16,6 +16,7 @@ from ..model_io import AnomalyModel
 from ..models.classifier import anomaly_probability, classifier_input
 from ..models.reconstruction import reconstruct_samples
 from ..runtime import autocast, seeded_generator
+from .position import brain_position, calibrated
 
 SSIM_KERNEL = 7
 SCORING_SEED = 0
@@ -96,17 +97,25 @@ def score_prepared(model: AnomalyModel, prepared: PreparedVolume, device: torch.
         if progress is not None:
             progress(min(1.0, (start + len(idx)) / max(1, len(keep))))
     threshold = float(cfg.threshold) if cfg.threshold is not None else float("inf")
+    fraction = prepared.foreground_fraction
+    reference = cfg.position_reference
     table = {
         "slice_index": np.arange(n),
         "position_mm": prepared.positions_mm,
-        "score": score,
+        # With a position reference the thresholded score is the probability calibrated against healthy
+        # slices at the same height in the brain; the raw probability stays as a column.
+        "score": calibrated(score, fraction, reference, "probability") if reference else score,
+        "probability": score,
         "mae_l1": l1,
+        "mae_l1_position": calibrated(l1, fraction, reference, "mae_l1") if reference else np.full(n, np.nan),
+        "brain_position": brain_position(fraction),
         "ssim": ssim,
         "intensity_p995": intensity_p995(prepared),
         "foreground_fraction": prepared.foreground_fraction,
-        "abnormal": ((score >= threshold) & ~skipped).astype(int),
+        "abnormal": np.zeros(n, dtype=int),
         "skipped": skipped.astype(int),
     }
+    table["abnormal"] = ((table["score"] >= threshold) & ~skipped).astype(int)
     return VolumeScores(table, difference_image(diff, prepared), threshold, prepared, diff)
 
 

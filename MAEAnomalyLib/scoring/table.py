@@ -11,8 +11,10 @@ import numpy as np
 from ..errors import MAEAnomalyError
 
 # One row per axial slice, inferior first; the CLI's CSV and the Slicer table share these columns.
-SCORE_COLUMNS = ("slice_index", "position_mm", "score", "mae_l1", "ssim", "intensity_p995",
-                 "foreground_fraction", "abnormal", "skipped")
+# score is what the threshold applies to: the probability calibrated by brain position when the model has
+# a position reference (else the probability itself); mae_l1_position is NaN without one.
+SCORE_COLUMNS = ("slice_index", "position_mm", "score", "probability", "mae_l1", "mae_l1_position", "ssim",
+                 "intensity_p995", "foreground_fraction", "brain_position", "abnormal", "skipped")
 INTEGER_COLUMNS = ("slice_index", "abnormal", "skipped")
 
 

@@ -1,48 +1,83 @@
-"""The decision threshold, set at a target false-positive rate on held-out healthy volumes."""
+"""Calibration on healthy volumes only: the position reference (``scoring.position``) and the decision
+threshold at a target false-positive rate. Training calibrates on its held-out volumes; ``maeanomaly
+calibrate`` does the same on a site's own healthy scans."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 
 from ..data.inputs import Source
-from ..data.preprocessing import prepare
+from ..data.preprocessing import PreparedVolume, prepare
 from ..errors import MAEAnomalyError
 from ..model_io import AnomalyModel
+from ..scoring.position import brain_position, calibrated_rows, position_bin, reference_from_rows
 from ..scoring.scores import score_prepared
 from .distributed import Dist, StopControl
 from .loop import TrainingInterrupted, release_freed_memory
 
+# Healthy slices above the threshold at the target rate: fewer make the threshold one slice's score.
+MIN_SLICES_ABOVE = 10
 
-def calibrate(model: AnomalyModel, sources: Sequence[Source], dist: Dist, stop: StopControl, target_fpr: float
-              ) -> tuple[float, dict]:
-    """Threshold at ``target_fpr`` false positives on held-out healthy slices (with foreground).
 
-    The held-out volumes are prepared and scored one at a time, exactly as ``maeanomaly score`` does,
-    and shared among the ranks.
-    """
+def healthy_rows(model: AnomalyModel, sources: Sequence[Source], dist: Dist, stop: StopControl | None,
+                 prepare_fn: Callable[..., PreparedVolume] = prepare) -> np.ndarray:
+    """(N, 3) rows of [tenth of the brain, probability, MAE error] of every usable healthy slice (with
+    foreground, not labelled) of ``sources``, scored exactly as ``maeanomaly score`` scores and shared
+    among the ranks. Without ``stop`` (``calibrate``) SIGTERM is left to the caller."""
     cfg = model.config
     model.to(dist.device).eval()
     local = []
     for start in range(0, len(sources), dist.world):
         if start + dist.rank < len(sources):
             image, mask, labels = sources[start + dist.rank]
-            volume = prepare(image, cfg.preprocess, mask, labels, min_pixels=cfg.mae.patch_size)
-            result = score_prepared(model, volume, dist.device)
-            usable = result.table["skipped"] == 0
+            volume = prepare_fn(image, cfg.preprocess, mask, labels, min_pixels=cfg.mae.patch_size)
+            table = score_prepared(model, volume, dist.device).table
+            usable = table["skipped"] == 0
             if volume.labelled is not None:
                 usable &= ~volume.labelled
-            local.append(result.table["score"][usable])
-            del volume, result
+            bins = position_bin(brain_position(table["foreground_fraction"]))
+            local.append(np.stack([bins, table["probability"], table["mae_l1"]], axis=1)[usable])
+            del volume, table
             release_freed_memory()
-        if stop.poll() == StopControl.SIGNAL:
+        if stop is not None and stop.poll() == StopControl.SIGNAL:
             raise TrainingInterrupted("stopped by SIGTERM during calibration (training itself is complete); "
                                       "--resume calibrates again")
-    values = np.concatenate(dist.gather(np.concatenate(local) if local else np.zeros(0)))
-    if values.size == 0:
-        raise MAEAnomalyError("the held-out volumes have no usable slices for calibration")
-    threshold = float(np.quantile(values, 1 - target_fpr, method="higher"))
-    summary = {"validation_slices": int(values.size), "target_fpr": target_fpr,
-               "validation_fpr": float((values >= threshold).mean())}
-    return threshold, summary
+    rows = np.concatenate(local) if local else np.zeros((0, 3))
+    return np.concatenate([part.reshape(-1, 3) for part in dist.gather(rows)])
+
+
+def slices_needed(target_fpr: float) -> int:
+    return int(np.ceil(MIN_SLICES_ABOVE / target_fpr))
+
+
+def threshold_from_rows(rows: np.ndarray, target_fpr: float, with_reference: bool, strict: bool
+                        ) -> tuple[float, dict | None, dict]:
+    """The position reference (or None) and the threshold at ``target_fpr`` on healthy ``rows``.
+
+    ``strict`` (``calibrate``) refuses too few slices; training then keeps the raw probability instead.
+    """
+    if len(rows) == 0:
+        raise MAEAnomalyError("the healthy volumes have no usable slices for calibration")
+    needed = slices_needed(target_fpr)
+    if strict and len(rows) < needed:
+        raise MAEAnomalyError(f"{len(rows)} healthy slices cannot set a threshold at a false-positive rate of "
+                              f"{target_fpr:g}: at least {needed} are needed (give more healthy volumes)")
+    bins = rows[:, 0].astype(int)
+    values = {"probability": rows[:, 1], "mae_l1": rows[:, 2]}
+    reference, note = None, "built"
+    if with_reference:
+        try:
+            reference = reference_from_rows(bins, values)
+        except ValueError as exc:
+            if strict:
+                raise MAEAnomalyError(f"too few healthy slices for a position reference: {exc}") from None
+            note = f"not built: {exc}"
+    score = calibrated_rows(values["probability"], bins, reference, "probability") if reference else values[
+        "probability"]
+    threshold = float(np.quantile(score, 1 - target_fpr, method="higher"))
+    summary = {"validation_slices": len(rows), "target_fpr": target_fpr,
+               "validation_fpr": float((score >= threshold).mean()),
+               "position_reference": note if with_reference else "off"}
+    return threshold, reference, summary

@@ -29,7 +29,7 @@ from ..data.inputs import sources as pair_sources
 from ..data.slice_cache import CacheEntry, SliceCache, SliceRows, preparation_pool, prepare_entry
 from ..errors import MAEAnomalyError
 from ..model_io import AnomalyModel, load_model, save_model
-from .calibration import calibrate
+from .calibration import healthy_rows, threshold_from_rows
 from .checkpoint import load_checkpoint, save_checkpoint
 from .distributed import Dist, StopControl, session
 from .loop import LogFn, Progress, Run, RunOptions, TrainingInterrupted
@@ -148,7 +148,9 @@ def train(images: Sequence[Path], out_dir: Path, cfg: ModelConfig, device: torch
         progress, resumed = _start(model, source, out_dir, digest, dist, resume, log)
         run = _run(model, out_dir, digest, dist, stop, options, len(train_rows), log, show_progress)
         run_stages(model, train_rows, val_rows, run, progress, resumed, out_dir)
-        threshold, calibration = calibrate(model, [volumes[i] for i in val_ids], dist, stop, cfg.train.target_fpr)
+        rows = healthy_rows(model, [volumes[i] for i in val_ids], dist, stop)
+        threshold, cfg.position_reference, calibration = threshold_from_rows(
+            rows, cfg.train.target_fpr, cfg.train.position_reference, strict=False)
         cfg.threshold = threshold
         cfg.training_summary = {
             "train_volumes": [str(images[i]) for i in train_ids],

@@ -1,0 +1,84 @@
+"""``maeanomaly calibrate``: a trained model made to fit a site's scanner and protocol, without
+retraining. Its weights are copied byte for byte; the position reference is rebuilt and the threshold
+recomputed on the site's own healthy volumes."""
+
+from __future__ import annotations
+
+import copy
+import datetime
+import hashlib
+import json
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+
+from ..data.brain import prepare_volume
+from ..data.inputs import sources as pair_sources
+from ..errors import MAEAnomalyError
+from ..files import atomic_outputs, refuse_inputs
+from ..model_io import CONFIG_NAME, WEIGHT_NAMES, load_model
+from .calibration import healthy_rows, threshold_from_rows
+from .distributed import Dist
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    paths = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
+    for p in paths:  # a DICOM folder: its files in name order
+        with p.open("rb") as fh:
+            while chunk := fh.read(1 << 20):
+                digest.update(chunk)
+    return digest.hexdigest()
+
+
+def check_calibration_out(out: Path, model_dir: Path) -> None:
+    """A new folder (or an empty one), never the source model's."""
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise MAEAnomalyError("--out must be a new or empty folder", out)
+    if out.resolve() == model_dir.resolve():
+        raise MAEAnomalyError("--out must not be the model being calibrated", out)
+
+
+def calibrate_site(model_dir: Path, images: Sequence[str], masks: Sequence[str] | None, brain_mask: str,
+                   out: Path, device: torch.device, target_fpr: float | None = None) -> dict:
+    """Writes ``out``: the model's weights unchanged and a config whose position reference and threshold
+    come from ``images`` (healthy volumes of one site). Returns the calibration record."""
+    check_calibration_out(out, model_dir)
+    model = load_model(model_dir)
+    cfg = copy.deepcopy(model.config)
+    fpr = cfg.train.target_fpr if target_fpr is None else target_fpr
+    if not 0 < fpr < 1:
+        raise MAEAnomalyError(f"--target-fpr {fpr}: give a rate between 0 and 1, e.g. 0.05")
+    volumes = pair_sources(images, masks, None)
+
+    def prepare_fn(image, preprocess, mask, labels, min_pixels):
+        chosen = mask if mask is not None else brain_mask
+        return prepare_volume(image, preprocess, chosen, labels, min_pixels, device)[0]
+
+    rows = healthy_rows(model, volumes, Dist(device=device), None, prepare_fn)
+    threshold, reference, summary = threshold_from_rows(rows, fpr, cfg.train.position_reference, strict=True)
+    earlier = cfg.site_calibration
+    record = {
+        "volumes": len(volumes), "slices": summary["validation_slices"], "target_fpr": fpr,
+        "fpr_on_calibration_slices": summary["validation_fpr"],
+        "files": [{"path": str(v[0]), "sha256": _sha256(Path(v[0]))} for v in volumes],
+        "brain_mask": "given" if masks else brain_mask,
+        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "source_model": str(model_dir),
+        # The threshold training set, kept through any number of re-calibrations.
+        "original_threshold": earlier.get("original_threshold", cfg.threshold),
+        "original_position_reference": earlier.get("original_position_reference", cfg.position_reference),
+    }
+    cfg.threshold, cfg.position_reference, cfg.site_calibration = threshold, reference, record
+    cfg.check()
+    weights = [model_dir / f"{name}.safetensors" for name in WEIGHT_NAMES]
+    refuse_inputs([out / CONFIG_NAME, *(out / w.name for w in weights)],
+                  [*images, *(masks or []), *weights], "--out")
+    with atomic_outputs() as writer:
+        for path in weights:
+            writer.write_bytes(path.read_bytes(), out / path.name)
+        writer.write_text(json.dumps(cfg.to_dict(), indent=2) + "\n", out / CONFIG_NAME)
+    return record
+
+
