@@ -63,7 +63,7 @@ def test_scoring_table_and_difference_map(tiny_model_dir: Path, cohort: dict) ->
     skipped = table["skipped"] == 1
     assert skipped.any() and (~skipped).any()  # slices above and below the brain
     assert np.all(table["score"][skipped] == 0) and np.all(table["abnormal"][skipped] == 0)
-    assert np.all((table["score"] >= 0) & (table["score"] <= 1))
+    assert np.all((table["probability"] >= 0) & (table["probability"] <= 1))
     assert np.array_equal(table["abnormal"], ((table["score"] >= model.config.threshold) & ~skipped).astype(int))
     diff = result.difference
     assert diff.GetSize() == image.GetSize() and diff.GetOrigin() == image.GetOrigin()
@@ -99,7 +99,7 @@ def test_averaging_reconstructions_steadies_the_scores(tiny_model_dir: Path, coh
         # and estimates the same thing: each slice keeps its own value, up to that variation
         assert np.abs(four.mean(axis=0) - one.mean(axis=0)).mean() < 0.25 * np.abs(one).mean(), column
     for t in averaged:
-        assert np.all(t["score"][~scored] == 0) and np.all((t["score"] >= 0) & (t["score"] <= 1))
+        assert np.all(t["score"][~scored] == 0) and np.all((t["probability"] >= 0) & (t["probability"] <= 1))
 
 
 def test_sagittal_storage_gives_the_same_slice_table(tiny_model_dir: Path) -> None:
