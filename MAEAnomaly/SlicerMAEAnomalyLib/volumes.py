@@ -98,6 +98,7 @@ def mask_image(mask: slicer.vtkMRMLNode, reference: slicer.vtkMRMLScalarVolumeNo
     if not segment_ids:
         raise MAEAnomalyError("mask is empty (the segmentation has no segments)", mask.GetName())
     scene = mask.GetScene()
+    before = {scene.GetNthNode(k).GetID() for k in range(scene.GetNumberOfNodes())}
     labelmap = scene.AddNewNodeByClass("vtkMRMLLabelMapVolumeNode", f"{mask.GetName()} (mask)")
     try:
         # Export resamples every segment onto the reference's grid, including transforms between them.
@@ -107,5 +108,8 @@ def mask_image(mask: slicer.vtkMRMLNode, reference: slicer.vtkMRMLScalarVolumeNo
         labelmap.SetAndObserveTransformNodeID(reference.GetTransformNodeID())
         labelmap.SetName(mask.GetName())  # so that every message names the node the user chose
         return image_from_volume(labelmap, kind="mask")
-    finally:
-        scene.RemoveNode(labelmap)
+    finally:  # the label map and what the export made for it (display and colour nodes)
+        added = [scene.GetNthNode(k) for k in range(scene.GetNumberOfNodes())]
+        for node in added:
+            if node.GetID() not in before:
+                scene.RemoveNode(node)
