@@ -79,5 +79,6 @@ else:
         sys.path.append(str(_CHECKOUT))
 
     from SlicerMAEAnomalyLib.logic import MAEAnomalyLogic  # noqa: F401
+    from SlicerMAEAnomalyLib.parameters import MAEAnomalyParameterNode  # noqa: F401
     from SlicerMAEAnomalyLib.selftest import MAEAnomalyTest  # noqa: F401
-    from SlicerMAEAnomalyLib.widget import MAEAnomalyParameterNode, MAEAnomalyWidget  # noqa: F401
+    from SlicerMAEAnomalyLib.widget import MAEAnomalyWidget  # noqa: F401

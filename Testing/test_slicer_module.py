@@ -33,6 +33,7 @@ from SlicerMAEAnomalyLib.dependencies import (
 ROOT = Path(__file__).resolve().parent.parent
 MODULE_FILE = ROOT / "MAEAnomaly" / "MAEAnomaly.py"
 WIDGET_FILE = ROOT / "MAEAnomaly" / "SlicerMAEAnomalyLib" / "widget.py"
+PARAMETERS_FILE = ROOT / "MAEAnomaly" / "SlicerMAEAnomalyLib" / "parameters.py"
 UI_FILE = ROOT / "MAEAnomaly" / "Resources" / "UI" / "MAEAnomaly.ui"
 REQUIREMENTS = ROOT / "MAEAnomaly" / "Resources" / "requirements.txt"
 # Widget classes a parameter of each type may be bound to (see slicer.parameterNodeWrapper's connectors).
@@ -59,7 +60,8 @@ def widget_tree() -> ast.Module:
 
 def parameter_fields() -> dict[str, str]:
     """Field name -> annotated type name of the module's parameter node wrapper class."""
-    cls = next(n for n in widget_tree().body if isinstance(n, ast.ClassDef) and n.name == "MAEAnomalyParameterNode")
+    tree = ast.parse(PARAMETERS_FILE.read_text(encoding="utf-8"))
+    cls = next(n for n in tree.body if isinstance(n, ast.ClassDef) and n.name == "MAEAnomalyParameterNode")
     fields = {}
     for stmt in cls.body:
         if isinstance(stmt, ast.AnnAssign):

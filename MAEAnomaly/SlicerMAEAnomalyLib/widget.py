@@ -1,66 +1,26 @@
 """The module's panel: a thin GUI over ``MAEAnomalyLogic``. Only the application runs this file (it needs
 Qt); the self-test exercises it there, and everything it calls is tested on a bare MRML scene."""
 
-# No "from __future__ import annotations": the parameter node wrapper reads the annotations as types.
-import enum
+from __future__ import annotations
+
 import logging
-from typing import Annotated, Union
 
 import qt
 import slicer
 import vtk
-from slicer.parameterNodeWrapper import WithinRange, parameterNodeWrapper
 from slicer.ScriptedLoadableModule import ScriptedLoadableModuleWidget
 from slicer.util import VTKObservationMixin
 
 from MAEAnomalyLib.errors import MAEAnomalyError
-from MAEAnomalyLib.shipped import DEFAULT_MODEL, shipped_models
+from MAEAnomalyLib.shipped import shipped_models
 
 from .dependencies import install_dependencies, plan_dependencies
-from .logic import BRAIN_MASK_AUTO, BRAIN_MASK_NONE, MAEAnomalyLogic
-from .results import DEFAULT_DISPLAY_THRESHOLD, DEFAULT_OPACITY, ROLE_ATTRIBUTE, ROLE_DIFFERENCE, ROLE_SCORES
+from .logic import MAEAnomalyLogic
+from .parameters import BrainMask, MAEAnomalyParameterNode
+from .results import ROLE_ATTRIBUTE, ROLE_DIFFERENCE, ROLE_SCORES
 
 MODEL_PATH_SETTING = "MAEAnomaly/ModelPath"
 POLL_INTERVAL_MS = 200
-
-
-class Device(enum.Enum):
-    """Where the scoring process runs; the values are the CLI's --device choices."""
-
-    AUTO = "auto"
-    CPU = "cpu"
-    GPU = "cuda"
-
-    def label(self) -> str:
-        return {"auto": "Auto (GPU if available)", "cpu": "CPU", "cuda": "GPU (CUDA)"}[self.value]
-
-
-class BrainMask(enum.Enum):
-    """Which voxels are scored; the first two values are the CLI's --brain-mask choices."""
-
-    AUTO = BRAIN_MASK_AUTO
-    NONE = BRAIN_MASK_NONE
-    NODE = "node"
-
-    def label(self) -> str:
-        return {BRAIN_MASK_AUTO: "Automatic brain extraction", BRAIN_MASK_NONE: "Head foreground (no extraction)",
-                "node": "A mask or segmentation from the scene"}[self.value]
-
-
-@parameterNodeWrapper
-class MAEAnomalyParameterNode:
-    """The module's state, saved with the scene."""
-
-    inputVolume: slicer.vtkMRMLScalarVolumeNode
-    brainMask: BrainMask = BrainMask.AUTO
-    maskNode: Union[slicer.vtkMRMLScalarVolumeNode, slicer.vtkMRMLSegmentationNode]  # noqa: UP007
-    model: str = DEFAULT_MODEL  # a shipped model's name, or "" for the folder in modelPath
-    modelPath: str = ""
-    device: Device = Device.AUTO
-    overlayOpacity: Annotated[float, WithinRange(0.0, 1.0)] = DEFAULT_OPACITY
-    displayThreshold: Annotated[float, WithinRange(0.0, 1.0)] = DEFAULT_DISPLAY_THRESHOLD
-    scoreTable: slicer.vtkMRMLTableNode
-    differenceVolume: slicer.vtkMRMLScalarVolumeNode
 
 
 class MAEAnomalyWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
