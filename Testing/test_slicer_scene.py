@@ -4,6 +4,8 @@ as segmentations, results that arrive after the user left the module, and the br
 
 from __future__ import annotations
 
+import shutil
+import sys
 import time
 from pathlib import Path
 
@@ -14,7 +16,7 @@ import SimpleITK as sitk
 slicer = pytest.importorskip("slicer")
 
 from MAEAnomalyLib.errors import MAEAnomalyError  # noqa: E402
-from MAEAnomalyLib.scoring.table import SCORE_COLUMNS  # noqa: E402
+from MAEAnomalyLib.scoring.table import SCORE_COLUMNS, table_to_csv  # noqa: E402
 from SlicerMAEAnomalyLib.background import ScoringJob  # noqa: E402
 from SlicerMAEAnomalyLib.logic import MAEAnomalyLogic, score_arguments  # noqa: E402
 from SlicerMAEAnomalyLib.volumes import image_from_volume, mask_image  # noqa: E402
@@ -234,3 +236,68 @@ def test_extracted_brain_mask_is_shown_as_an_outline() -> None:
     mask2.CopyInformation(mask)
     assert logic.storeBrainMask(volume, mask2) is shown and shown.GetSegmentation().GetNumberOfSegments() == 1
     np.testing.assert_array_equal(sitk.GetArrayFromImage(mask_image(shown, volume)), brain)
+
+
+FAKE_SCORE = """#!{python}
+# Stands in for `maeanomaly score` with automatic brain extraction, as issue 17's contract describes it: its
+# outputs in --out-dir and one `kind: path` line each on stdout, `brain_mask: ...` among them.
+import shutil, sys
+from pathlib import Path
+args = sys.argv[1:]
+out = Path(args[args.index("--out-dir") + 1])
+out.mkdir(parents=True)
+for kind, source in {prepared!r}.items():
+    shutil.copy(source, out / Path(source).name)
+    print(f"{{kind}}: {{out / Path(source).name}}")
+"""
+
+
+def test_finished_run_loads_the_reported_brain_mask(tmp_path: Path, untrained_model_dir: Path) -> None:
+    scene = new_scene()
+    volume = head(scene)
+    grid = image_from_volume(volume)
+    rows = volume.GetImageData().GetDimensions()[2]
+    columns = {name: np.linspace(0.0, 1.0, rows) for name in SCORE_COLUMNS}
+    columns["slice_index"] = np.arange(rows)
+    columns["abnormal"] = columns["skipped"] = np.zeros(rows, int)
+    prepared = {"scores": tmp_path / "input_scores.csv", "difference": tmp_path / "input_diff.nii.gz",
+                "brain_mask": tmp_path / "input_brainmask.nii.gz"}
+    prepared["scores"].write_text(table_to_csv(columns))
+    sitk.WriteImage(grid, str(prepared["difference"]))
+    brain = np.zeros((12, 32, 32), np.uint8)
+    brain[3:9, 6:26, 6:26] = 1
+    mask = sitk.GetImageFromArray(brain)
+    mask.CopyInformation(grid)
+    sitk.WriteImage(mask, str(prepared["brain_mask"]))
+    fake = tmp_path / "PythonSlicer"
+    fake.write_text(FAKE_SCORE.format(python=sys.executable, prepared={k: str(v) for k, v in prepared.items()}))
+    fake.chmod(0o755)
+
+    logic = MAEAnomalyLogic(scene)
+    logic.pythonExecutable = str(fake)
+    run = logic.startProcessing(volume, untrained_model_dir, device="cpu", brainMask="auto")
+    table, difference = logic.finishProcessing(run)
+    assert table.GetNumberOfRows() == rows and difference.GetImageData().GetDimensions() == (32, 32, 12)
+    shown = logic.brainMaskOf(volume)
+    assert shown is not None and shown.GetName() == "head brain mask"
+    np.testing.assert_array_equal(sitk.GetArrayFromImage(mask_image(shown, volume)), brain)
+    assert not run.workDir.exists()
+
+
+def test_shipped_model_is_used_by_name(tmp_path: Path, untrained_model_dir: Path,
+                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A shipped model's name (what the model selector offers) scores like its folder."""
+    models = tmp_path / "models"
+    shutil.copytree(untrained_model_dir, models / "brain-t1")
+    (models / "brain-t1" / "MODEL_CARD.md").write_text("# brain-t1\n\nT1-weighted adult brains.\n")
+    monkeypatch.setenv("MAEANOMALY_MODELS", str(models))
+    scene = new_scene()
+    volume = head(scene, shape=(6, 32, 32))
+    logic = MAEAnomalyLogic(scene)
+    by_name, _ = logic.process(volume, "brain-t1", device="cpu")
+    scores_by_name = logic.tableColumns(by_name)["score"]
+    by_folder, _ = logic.process(volume, models / "brain-t1", device="cpu")
+    np.testing.assert_allclose(logic.tableColumns(by_folder)["score"], scores_by_name, rtol=1e-5)
+    assert logic.threshold(by_name) == 0.5  # the untrained model's threshold, read through the name
+    with pytest.raises(MAEAnomalyError, match="no model folder or shipped model named 'brain-t2'"):
+        logic.process(volume, "brain-t2", device="cpu")
