@@ -158,6 +158,7 @@ def test_empty_segmentation_is_refused_naming_it() -> None:
         mask_image(empty, volume)
 
 
+@pytest.mark.slow  # a whole background run; the fast tier cancels its runs instead
 def test_results_arrive_after_leaving_the_module(untrained_model_dir: Path) -> None:
     """The widget's exit() leaves the run and the parameter node alone; what it then calls when the run
     ends (finishProcessing, showResults) needs no widget state."""
