@@ -18,7 +18,7 @@ slicer = pytest.importorskip("slicer")
 from MAEAnomalyLib.errors import MAEAnomalyError  # noqa: E402
 from MAEAnomalyLib.scoring.table import SCORE_COLUMNS, table_to_csv  # noqa: E402
 from SlicerMAEAnomalyLib.background import ScoringJob  # noqa: E402
-from SlicerMAEAnomalyLib.logic import MAEAnomalyLogic, score_arguments  # noqa: E402
+from SlicerMAEAnomalyLib.logic import MAEAnomalyLogic, model_threshold, score_arguments  # noqa: E402
 from SlicerMAEAnomalyLib.volumes import image_from_volume, mask_image  # noqa: E402
 
 _KEEP: list = []  # logics remove their nodes from the scene when they are deleted
@@ -299,6 +299,6 @@ def test_shipped_model_is_used_by_name(tmp_path: Path, untrained_model_dir: Path
     scores_by_name = logic.tableColumns(by_name)["score"]
     by_folder, _ = logic.process(volume, models / "brain-t1", device="cpu")
     np.testing.assert_allclose(logic.tableColumns(by_folder)["score"], scores_by_name, rtol=1e-5)
-    assert logic.threshold(by_name) == 0.5  # the untrained model's threshold, read through the name
+    assert logic.threshold(by_name) == model_threshold(untrained_model_dir)  # read through the name
     with pytest.raises(MAEAnomalyError, match="no model folder or shipped model named 'brain-t2'"):
         logic.process(volume, "brain-t2", device="cpu")
