@@ -4,32 +4,42 @@ without the user's consent."""
 from __future__ import annotations
 
 import ast
+import importlib.metadata
+import re
 import subprocess
 import sys
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
 import pytest
+from packaging.requirements import Requirement
 
 from MAEAnomalyLib.errors import MAEAnomalyError
 from SlicerMAEAnomalyLib.dependencies import (
     PACKAGES_DECLINED,
     TORCH_DECLINED,
     TORCH_EXTENSION_MISSING,
+    TORCH_OLD_DECLINED,
+    TORCH_REQUIREMENT,
     DependencyPlan,
+    Installers,
     install_dependencies,
     is_satisfied,
     load_requirements,
     plan_dependencies,
+    torch_constraints,
 )
 
 ROOT = Path(__file__).resolve().parent.parent
 MODULE_FILE = ROOT / "MAEAnomaly" / "MAEAnomaly.py"
+WIDGET_FILE = ROOT / "MAEAnomaly" / "SlicerMAEAnomalyLib" / "widget.py"
+PARAMETERS_FILE = ROOT / "MAEAnomaly" / "SlicerMAEAnomalyLib" / "parameters.py"
 UI_FILE = ROOT / "MAEAnomaly" / "Resources" / "UI" / "MAEAnomaly.ui"
 REQUIREMENTS = ROOT / "MAEAnomaly" / "Resources" / "requirements.txt"
 # Widget classes a parameter of each type may be bound to (see slicer.parameterNodeWrapper's connectors).
 BINDABLE = {"vtkMRMLScalarVolumeNode": {"qMRMLNodeComboBox"}, "float": {"ctkSliderWidget", "QDoubleSpinBox"},
-            "Device": {"QComboBox"}, "str": {"QLineEdit"}}
+            "Device": {"QComboBox"}, "BrainMask": {"QComboBox"}, "str": {"QLineEdit"},
+            "Union[slicer.vtkMRMLScalarVolumeNode, slicer.vtkMRMLSegmentationNode]": {"qMRMLNodeComboBox"}}
 QT_CLASSES = {"QLabel", "QPushButton", "QProgressBar", "QComboBox", "QWidget"}
 # Packages that Slicer itself provides, or that only exist inside Slicer.
 PROVIDED = {"numpy", "SimpleITK", "slicer", "vtk", "qt", "ctk", "packaging", "pip", "PyTorchUtils", "torch"}
@@ -44,21 +54,27 @@ def module_tree() -> ast.Module:
     return ast.parse(MODULE_FILE.read_text(encoding="utf-8"))
 
 
+def widget_tree() -> ast.Module:
+    return ast.parse(WIDGET_FILE.read_text(encoding="utf-8"))
+
+
 def parameter_fields() -> dict[str, str]:
     """Field name -> annotated type name of the module's parameter node wrapper class."""
-    cls = next(n for n in module_tree().body if isinstance(n, ast.ClassDef) and n.name == "MAEAnomalyParameterNode")
+    tree = ast.parse(PARAMETERS_FILE.read_text(encoding="utf-8"))
+    cls = next(n for n in tree.body if isinstance(n, ast.ClassDef) and n.name == "MAEAnomalyParameterNode")
     fields = {}
     for stmt in cls.body:
         if isinstance(stmt, ast.AnnAssign):
             annotation = stmt.annotation
-            if isinstance(annotation, ast.Subscript):  # Annotated[float, ...]
-                annotation = annotation.slice.elts[0]
-            fields[stmt.target.id] = ast.unparse(annotation).split(".")[-1]
+            text = ast.unparse(annotation)
+            if text.startswith("Annotated["):  # Annotated[float, ...]
+                text = ast.unparse(annotation.slice.elts[0])
+            fields[stmt.target.id] = text if text.startswith("Union[") else text.split(".")[-1]
     return fields
 
 
 def test_every_widget_used_in_python_is_in_the_ui_file() -> None:
-    used = {node.attr for node in ast.walk(module_tree())
+    used = {node.attr for node in ast.walk(widget_tree())
             if isinstance(node, ast.Attribute) and isinstance(node.value, ast.Attribute)
             and node.value.attr == "ui" and isinstance(node.value.value, ast.Name) and node.value.value.id == "self"}
     widgets = ui_widgets()
@@ -76,7 +92,7 @@ def test_ui_parameter_names_match_the_parameter_node() -> None:
             if prop.get("name") == "SlicerParameterName":
                 bound[prop.find("string").text] = (name, widget.get("class"))
     assert set(bound) <= set(fields), f"unknown parameters in the .ui file: {sorted(set(bound) - set(fields))}"
-    assert {"inputVolume", "maskVolume", "device", "overlayOpacity", "displayThreshold"} <= set(bound)
+    assert {"inputVolume", "brainMask", "maskNode", "device", "overlayOpacity", "displayThreshold"} <= set(bound)
     for parameter, (widget, widget_class) in bound.items():
         assert widget_class in BINDABLE[fields[parameter]], f"{widget} ({widget_class}) cannot show {parameter}"
 
@@ -92,20 +108,24 @@ def test_ui_declares_its_custom_widgets_and_is_valid() -> None:
     assert mrml_widgets <= receivers, "every MRML widget must receive the scene"
 
 
-def test_module_reexports_the_slicer_logic() -> None:
-    imports = {alias.name for node in module_tree().body if isinstance(node, ast.ImportFrom)
-               and node.module == "SlicerMAEAnomalyLib.logic" for alias in node.names}
-    assert "MAEAnomalyLogic" in imports
-    classes = {n.name for n in module_tree().body if isinstance(n, ast.ClassDef)}
-    assert {"MAEAnomaly", "MAEAnomalyWidget", "MAEAnomalyTest"} <= classes
+def test_module_file_exports_what_slicer_looks_up() -> None:
+    """Slicer finds MAEAnomalyWidget, MAEAnomalyLogic and MAEAnomalyTest by name in the module file."""
+    imported = {alias.name for node in ast.walk(module_tree()) if isinstance(node, ast.ImportFrom)
+                and (node.module or "").startswith("SlicerMAEAnomalyLib") for alias in node.names}
+    assert {"MAEAnomalyLogic", "MAEAnomalyWidget", "MAEAnomalyTest"} <= imported
+    classes = {n.name for n in ast.walk(module_tree()) if isinstance(n, ast.ClassDef)}
+    assert {"MAEAnomaly", "MAEAnomalyWidget"} <= classes  # the second: the panel on a too old Slicer
 
 
 def test_module_and_logic_load_without_torch() -> None:
     """Slicer must load the module (to offer installing torch) before torch is installed."""
-    top_level = {alias.name.split(".")[0] for node in module_tree().body if isinstance(node, ast.Import)
-                 for alias in node.names}
-    top_level |= {node.module.split(".")[0] for node in module_tree().body
-                  if isinstance(node, ast.ImportFrom) and node.module}
+    top_level = set()
+    for path in (MODULE_FILE, WIDGET_FILE, *(ROOT / "MAEAnomaly" / "SlicerMAEAnomalyLib").glob("*.py")):
+        for node in ast.parse(path.read_text(encoding="utf-8")).body:
+            if isinstance(node, ast.Import):
+                top_level |= {alias.name.split(".")[0] for alias in node.names}
+            elif isinstance(node, ast.ImportFrom) and node.module:
+                top_level.add(node.module.split(".")[0])
     assert not top_level & {"torch", "timm", "monai"}
     pytest.importorskip("slicer")
     code = ("import sys; sys.path.insert(0, 'MAEAnomaly'); import SlicerMAEAnomalyLib.logic, "
@@ -170,7 +190,7 @@ def test_nothing_is_installed_without_consent(tmp_path: Path) -> None:
 
 def test_torch_is_offered_and_declining_is_explained() -> None:
     prompts: list[str] = []
-    plan = DependencyPlan(torch_missing=True, missing=[])
+    plan = DependencyPlan(torch_version=None)
     with pytest.raises(MAEAnomalyError) as info:
         install_dependencies(plan, lambda text: prompts.append(text) or False)
     assert str(info.value) == TORCH_DECLINED and "\n" not in TORCH_DECLINED
@@ -179,3 +199,75 @@ def test_torch_is_offered_and_declining_is_explained() -> None:
     with pytest.raises(MAEAnomalyError) as info:
         install_dependencies(plan, lambda text: True)
     assert str(info.value) == TORCH_EXTENSION_MISSING
+
+
+def test_torch_requirement_is_the_library_s() -> None:
+    # The dependencies list of pyproject.toml (tomllib is not in Python 3.10).
+    torch = Requirement(re.search(r'^\s*"(torch[<>=!~][^"]*)",', (ROOT / "pyproject.toml").read_text("utf-8"), re.M)[1])
+    assert str(torch.specifier) == str(TORCH_REQUIREMENT.specifier)
+
+
+@pytest.mark.parametrize(("version", "missing", "outdated"), [
+    (None, True, False), ("2.1.2+cu118", False, True), ("2.4.0", False, False), ("2.5.1+cu121", False, False)])
+def test_dependency_plan_for_missing_old_and_good_torch(version: str | None, missing: bool, outdated: bool) -> None:
+    plan = plan_dependencies(REQUIREMENTS, torch_version=version)
+    assert (plan.torch_missing, plan.torch_outdated) == (missing, outdated)
+    assert plan.complete == (not missing and not outdated and not plan.missing)
+
+
+class Recorder:
+    """Stands in for PyTorch Utils' installTorch and slicer.util.pip_install, which need the application."""
+
+    def __init__(self) -> None:
+        self.torch_requirements: list[str] = []
+        self.pip_calls: list[tuple[list[str], str]] = []
+
+    def torch(self, requirement: str) -> object:
+        self.torch_requirements.append(requirement)
+        return object()  # installTorch returns the torch module
+
+    def pip(self, args: list[str]) -> None:
+        constraints = Path(args[args.index("-c") + 1]).read_text(encoding="utf-8") if "-c" in args else ""
+        self.pip_calls.append((args, constraints))
+
+
+def test_missing_torch_is_installed_with_the_version_the_library_needs(tmp_path: Path) -> None:
+    """installTorch gets the library's requirement; the other packages are installed with the torch that is
+    then installed pinned, so that pip cannot replace it."""
+    recorder = Recorder()
+    plan = DependencyPlan(torch_version=None, missing=[Requirement("monai>=1.4"), Requirement("timm>=1.0")])
+    prompts: list[str] = []
+    install_dependencies(plan, lambda text: prompts.append(text) or True, Installers(recorder.torch, recorder.pip),
+                         constraints_dir=tmp_path)
+    assert recorder.torch_requirements == [">=2.4"]
+    (args, constraints), = recorder.pip_calls
+    assert args[:2] == ["monai>=1.4", "timm>=1.0"] and args[2] == "-c"
+    assert constraints == torch_constraints(importlib.metadata.version("torch")) == \
+        f"torch=={importlib.metadata.version('torch')}\n"
+    assert not list(tmp_path.iterdir()), "the constraints file is temporary"
+    assert len(prompts) == 2 and "PyTorch is kept" in prompts[1]
+
+
+def test_old_torch_is_updated_only_with_consent_and_asks_for_a_restart() -> None:
+    recorder = Recorder()
+    plan = DependencyPlan(torch_version="2.1.2", missing=[Requirement("monai>=1.4")])
+    prompts: list[str] = []
+    with pytest.raises(MAEAnomalyError) as info:
+        install_dependencies(plan, lambda text: prompts.append(text) or False, Installers(recorder.torch, recorder.pip))
+    assert str(info.value) == TORCH_OLD_DECLINED.format(installed="2.1.2", required=">=2.4")
+    assert "2.1.2" in prompts[0] and ">=2.4" in prompts[0] and not recorder.torch_requirements
+    # Accepted: updated to the library's requirement; torch is loaded in this process (as it may be in
+    # Slicer), so the user is asked to restart before anything else is installed.
+    with pytest.raises(MAEAnomalyError) as info:
+        install_dependencies(plan, lambda text: True, Installers(recorder.torch, recorder.pip))
+    assert str(info.value).startswith("PyTorch was updated to ") and "restart Slicer" in str(info.value)
+    assert recorder.torch_requirements == [">=2.4"] and not recorder.pip_calls
+
+
+def test_good_torch_is_left_alone() -> None:
+    recorder = Recorder()
+    plan = DependencyPlan(torch_version="2.5.1+cu121", missing=[Requirement("timm>=1.0")])
+    install_dependencies(plan, lambda text: True, Installers(recorder.torch, recorder.pip))
+    assert not recorder.torch_requirements
+    (_args, constraints), = recorder.pip_calls
+    assert constraints.startswith("torch==")

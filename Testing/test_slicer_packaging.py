@@ -3,8 +3,15 @@
 from __future__ import annotations
 
 import re
+import shutil
 import struct
+import subprocess
+import sys
 from pathlib import Path
+
+import pytest
+
+from MAEAnomalyLib import shipped
 
 ROOT = Path(__file__).resolve().parent.parent
 MODULE = ROOT / "MAEAnomaly"
@@ -87,3 +94,29 @@ def test_license_icon_and_screenshot() -> None:
     assert png_size(MODULE / "Resources" / "Icons" / "MAEAnomaly.png") == (128, 128)
     width, height = png_size(ROOT / "Resources" / "Screenshot.png")
     assert width >= 512 and height >= 256
+
+
+def test_shipped_models_are_installed_beside_the_library(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """models/ goes where MAEAnomalyLib.shipped looks for it: beside the installed MAEAnomalyLib package."""
+    text = (MODULE / "CMakeLists.txt").read_text("utf-8")
+    assert "set(MAEANOMALY_MODELS_DIR ${CMAKE_CURRENT_SOURCE_DIR}/../models)" in text
+    install = re.search(r"install\(DIRECTORY \$\{MAEANOMALY_MODELS_DIR\}(.*?)\)", text, re.S)
+    assert install and "DESTINATION ${Slicer_INSTALL_QTSCRIPTEDMODULES_LIB_DIR}" in install.group(1)
+    assert "file(COPY ${MAEANOMALY_MODELS_DIR} DESTINATION ${CMAKE_BINARY_DIR}/${Slicer_QTSCRIPTEDMODULES_LIB_DIR})" \
+        in text
+    # The same folder as the library's: INSTALL_DIR of ctkMacroCompilePythonScript, NO_INSTALL_SUBDIR.
+    library = re.search(r"ctkMacroCompilePythonScript\((.*?)\n\s*\)", text, re.S).group(1)
+    assert "INSTALL_DIR ${Slicer_INSTALL_QTSCRIPTEDMODULES_LIB_DIR}" in library
+    # An installed layout: <lib>/MAEAnomalyLib/shipped.py and <lib>/models/<name>/.
+    lib = tmp_path / "qt-scripted-modules"
+    shutil.copytree(ROOT / "MAEAnomalyLib", lib / "MAEAnomalyLib")
+    model = lib / "models" / "brain-t1"
+    model.mkdir(parents=True)
+    (model / "config.json").write_text("{}")
+    (model / "MODEL_CARD.md").write_text("# brain-t1\n\nT1-weighted adult brains.\n")
+    monkeypatch.delenv("MAEANOMALY_MODELS", raising=False)
+    code = "import sys; sys.path.insert(0, sys.argv[1]); from MAEAnomalyLib.shipped import shipped_models; " \
+           "print([(m.name, str(m.path), m.summary) for m in shipped_models()])"
+    out = subprocess.run([sys.executable, "-c", code, str(lib)], capture_output=True, encoding="utf-8", check=True)
+    assert out.stdout.strip() == str([("brain-t1", str(model), "T1-weighted adult brains.")])
+    assert shipped.DEFAULT_MODEL == "brain-t1"

@@ -1,16 +1,21 @@
 """Runs ``python -m MAEAnomalyLib score`` in a separate process, so that scoring never freezes Slicer.
 
-Nothing here needs Slicer or Qt: the widget calls ``ScoringJob.poll`` from a timer, and the tests call it
-in a loop.
+Inside Slicer the interpreter is ``PythonSlicer``, a launcher that runs ``python-real`` as its child and
+forwards no signals; stopping the launcher alone would leave the scoring process running. The job is
+therefore started as the leader of a process group of its own (a job object's tree on Windows), and
+``cancel`` stops the whole tree. Nothing here needs Slicer or Qt: the widget calls ``ScoringJob.poll``
+from a timer, and the tests call it in a loop.
 """
 
 from __future__ import annotations
 
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import threading
+import time
 from collections import deque
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,6 +25,11 @@ from MAEAnomalyLib.errors import MAEAnomalyError
 ERROR_PREFIX = "maeanomaly: error: "
 PROGRESS_PREFIX = "progress "
 _KEPT_LINES = 50
+# How long the tree gets to exit after SIGTERM (the CLI then removes its temporary outputs) before SIGKILL.
+TERMINATE_GRACE_S = 0.5
+# After the process exits, how long its pipes may stay open (a stray grandchild holding them) before
+# ``poll`` reports the job finished anyway.
+PIPE_DRAIN_S = 5.0
 
 
 def python_executable() -> str:
@@ -50,26 +60,96 @@ class JobStatus:
     progress: float
 
 
-class ScoringJob:
-    """One running ``score`` command; ``poll`` it until finished, then read ``returncode`` or ``error``."""
+def _popen_tree_options() -> dict:
+    """Popen options that make the child the root of a tree ``kill_tree`` can stop as a whole."""
+    if os.name == "nt":
+        # No console window; a process group of its own so that Ctrl+Break never reaches Slicer.
+        return {"creationflags": subprocess.CREATE_NO_WINDOW | subprocess.CREATE_NEW_PROCESS_GROUP}
+    return {"start_new_session": True}  # its own session and process group, whose id is its pid
 
-    def __init__(self, args: list[str]) -> None:
+
+def kill_tree(process: subprocess.Popen, grace: float = TERMINATE_GRACE_S) -> None:
+    """Stops ``process`` and every process it started: SIGTERM to its process group, SIGKILL after
+    ``grace`` seconds (on Windows, ``taskkill /T /F``, which has no gentle form for console programs)."""
+    if os.name == "nt":
+        subprocess.run(["taskkill", "/T", "/F", "/PID", str(process.pid)], stdout=subprocess.DEVNULL,
+                       stderr=subprocess.DEVNULL, creationflags=subprocess.CREATE_NO_WINDOW, check=False)
+        process.wait()
+        return
+    group = process.pid
+
+    def signal_group(sig: int) -> bool:
+        try:
+            os.killpg(group, sig)
+        except ProcessLookupError:
+            return False
+        except PermissionError:  # only zombies are left, or the group id was reused by another user
+            return False
+        return True
+
+    if signal_group(signal.SIGTERM):
+        deadline = time.monotonic() + grace
+        while time.monotonic() < deadline:
+            process.poll()  # reaps the group leader once it exits
+            if not _group_has_live_members(group):
+                break
+            time.sleep(0.02)
+        signal_group(signal.SIGKILL)
+    process.wait()
+
+
+def _group_has_live_members(group: int) -> bool:
+    """Whether a process of ``group`` is still running (zombies waiting for their parent do not count)."""
+    proc = Path("/proc")
+    if not proc.is_dir():  # macOS: no /proc; a signal 0 also counts zombies, so this errs on waiting
+        try:
+            os.killpg(group, 0)
+        except (ProcessLookupError, PermissionError):
+            return False
+        return True
+    for entry in proc.iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue
+        # After the command name: state, ppid, pgrp.
+        if int(fields[2]) == group and fields[0] not in ("Z", "X"):
+            return True
+    return False
+
+
+class ScoringJob:
+    """One running ``score`` command; ``poll`` it until finished, then read ``returncode``, ``error`` and
+    ``outputs`` (the ``kind: path`` lines the command printed)."""
+
+    def __init__(self, args: list[str], python: str | None = None) -> None:
         env = dict(os.environ)
         env["PYTHONPATH"] = os.pathsep.join(p for p in (library_parent(), env.get("PYTHONPATH")) if p)
         env["PYTHONIOENCODING"] = "utf-8"  # the parent decodes the messages as UTF-8 on every platform
-        # The child uses the same threads as Slicer would; keep its console window hidden on Windows.
-        flags = getattr(subprocess, "CREATE_NO_WINDOW", 0)
-        self.command = [python_executable(), "-m", "MAEAnomalyLib", "score", *args, "--progress", "lines"]
-        self._process = subprocess.Popen(self.command, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                                         stderr=subprocess.PIPE, encoding="utf-8", env=env, creationflags=flags)
+        self.command = [python or python_executable(), "-m", "MAEAnomalyLib", "score", *args, "--progress", "lines"]
+        # errors="replace": a stray non-UTF-8 byte (a library's message in the system code page) must not
+        # end the reader, or the pipe would fill and the child would block forever.
+        self._process = subprocess.Popen(self.command, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                                         stderr=subprocess.PIPE, encoding="utf-8", errors="replace", env=env,
+                                         **_popen_tree_options())
         self._lock = threading.Lock()
         self._lines: deque[str] = deque(maxlen=_KEPT_LINES)
         self._progress = 0.0
         self._error: str | None = None
+        self._outputs: dict[str, str] = {}
+        self._exited_at: float | None = None
         self.cancelled = False
-        # A thread drains stderr: reading it from poll() could block, and a full pipe would stall the child.
-        self._reader = threading.Thread(target=self._read_stderr, daemon=True)
-        self._reader.start()
+        # Threads drain both pipes: reading them from poll() could block, and a full pipe would stall the child.
+        self._readers = [threading.Thread(target=self._read_stderr, daemon=True),
+                         threading.Thread(target=self._read_stdout, daemon=True)]
+        for reader in self._readers:
+            reader.start()
+
+    @property
+    def pid(self) -> int:
+        return self._process.pid
 
     def _read_stderr(self) -> None:
         assert self._process.stderr is not None
@@ -86,17 +166,30 @@ class ScoringJob:
                 elif line:
                     self._lines.append(line)
 
+    def _read_stdout(self) -> None:
+        assert self._process.stdout is not None
+        for raw in self._process.stdout:
+            kind, sep, path = raw.rstrip().partition(": ")
+            if sep and kind and " " not in kind:
+                with self._lock:
+                    self._outputs[kind] = path
+
     def poll(self) -> JobStatus:
         """Never blocks; ``finished`` becomes true once the process has exited and its output is read."""
         finished = self._process.poll() is not None
         if finished:
-            self._reader.join(timeout=5)
+            now = time.monotonic()
+            self._exited_at = self._exited_at or now
+            readers_done = not any(r.is_alive() for r in self._readers)
+            finished = readers_done or now - self._exited_at > PIPE_DRAIN_S
         with self._lock:
             return JobStatus(finished, self._progress)
 
     def wait(self, timeout: float | None = None) -> JobStatus:
-        """Blocks until the process exits (for scripts and tests; the GUI polls)."""
+        """Blocks until the process exits and its output is read (for scripts and tests; the GUI polls)."""
         self._process.wait(timeout)
+        for reader in self._readers:
+            reader.join(PIPE_DRAIN_S)
         return self.poll()
 
     @property
@@ -104,28 +197,35 @@ class ScoringJob:
         return self._process.returncode
 
     @property
+    def outputs(self) -> dict[str, str]:
+        """The output files the command reported, by kind (``scores``, ``difference``, ...)."""
+        with self._lock:
+            return dict(self._outputs)
+
+    @property
     def error(self) -> str | None:
         """The one-line message for a failed run, or None if it succeeded or is still running."""
         code = self._process.returncode
-        if code in (None, 0):
+        if code is None or (code == 0 and not self.cancelled):
             return None
         with self._lock:
-            if self._error:
-                return self._error
             if self.cancelled:
                 return "scoring was cancelled"
+            if self._error:
+                return self._error
             last = self._lines[-1] if self._lines else "no output"
         return f"scoring process failed with exit code {code}: {last}"
 
     def cancel(self) -> None:
-        """Stops the process (terminate, then kill if it does not exit within a few seconds)."""
-        if self._process.poll() is not None:
+        """Stops the process and every process it started (see ``kill_tree``)."""
+        if self._process.poll() is not None and not _tree_may_remain(self._process):
             return
         self.cancelled = True
-        self._process.terminate()
-        try:
-            self._process.wait(timeout=5)
-        except subprocess.TimeoutExpired:
-            self._process.kill()
-            self._process.wait()
-        self._reader.join(timeout=5)
+        kill_tree(self._process)
+        for reader in self._readers:
+            reader.join(1.0)
+
+
+def _tree_may_remain(process: subprocess.Popen) -> bool:
+    """Whether processes started by an exited launcher may still run (POSIX only; Windows kills the tree)."""
+    return os.name != "nt" and _group_has_live_members(process.pid)

@@ -1,17 +1,20 @@
 """Installing MAEAnomaly's Python dependencies inside Slicer, always after asking the user.
 
-torch comes from the PyTorch extension's installer (it picks the CUDA build that fits the driver); the
-other packages come from ``requirements.txt`` through ``slicer.packaging.pip_ensure`` (recent Slicer
-versions) or else ``slicer.util.pip_install``. Nothing here imports Qt; the caller passes a ``confirm`` function.
+torch comes from the PyTorch extension's installer (it picks the CUDA build that fits the driver), with the
+version the library needs. The other packages come from ``requirements.txt`` through pip with a constraints
+file that pins the installed torch, so that installing them (monai, timm) can never replace the torch
+that the PyTorch extension chose (pip would otherwise fetch a PyPI build, CPU-only on Windows). Nothing here
+imports Qt; the caller passes a ``confirm`` function.
 """
 
 from __future__ import annotations
 
 import importlib.metadata
-import importlib.util
 import logging
+import sys
+import tempfile
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 try:
@@ -23,14 +26,24 @@ from MAEAnomalyLib.errors import MAEAnomalyError
 
 ConfirmFn = Callable[[str], bool]
 
+# What the library needs (pyproject.toml's torch requirement; a test keeps the two equal).
+TORCH_REQUIREMENT = Requirement("torch>=2.4")
+
 TORCH_PROMPT = (
     "MAEAnomaly needs PyTorch, which is not installed in Slicer's Python environment.\n\n"
     "Install it now with the PyTorch extension's installer? It chooses the build that fits your GPU "
     "driver (or a CPU build) and downloads up to a few GB, which can take several minutes.")
+TORCH_UPDATE_PROMPT = (
+    "MAEAnomaly needs PyTorch {required}, but Slicer has PyTorch {installed} (perhaps installed by another "
+    "extension).\n\nUpdate it now with the PyTorch extension's installer? Other extensions that use PyTorch "
+    "will use the new version too. Downloads up to a few GB.")
 TORCH_DECLINED = ("PyTorch is not installed and its installation was declined; MAEAnomaly cannot score "
                   "without it (install it from the PyTorch Utils module, then press Apply again)")
+TORCH_OLD_DECLINED = ("PyTorch {installed} is too old for MAEAnomaly (it needs {required}) and the update was "
+                      "declined; update it in the PyTorch Utils module, then press Apply again")
 TORCH_EXTENSION_MISSING = ("PyTorch is not installed and the PyTorch extension is missing; install the "
                            "'PyTorch' extension from the Extension Manager and restart Slicer")
+TORCH_RESTART = "PyTorch was updated to {installed}; restart Slicer, then press Apply again"
 PACKAGES_DECLINED = "required Python packages are missing and their installation was declined: {missing}"
 PACKAGES_FAILED = ("installing Python packages failed ({reason}); check the network connection and the "
                    "Python console for pip's log, then press Apply again")
@@ -50,91 +63,138 @@ def load_requirements(path: str | Path) -> list[Requirement]:
     return requirements
 
 
+def installed_version(name: str) -> str | None:
+    """The installed version of a distribution, read from its metadata without importing it (importing
+    torch takes seconds and locks its files on Windows)."""
+    try:
+        return importlib.metadata.version(name)
+    except importlib.metadata.PackageNotFoundError:
+        return None
+
+
 def is_satisfied(requirement: Requirement) -> bool:
     """True when the installed distribution's version meets the requirement (without importing it)."""
     if requirement.marker is not None and not requirement.marker.evaluate():
         return True
-    try:
-        version = importlib.metadata.version(requirement.name)
-    except importlib.metadata.PackageNotFoundError:
-        return False
-    return requirement.specifier.contains(version, prereleases=True)
+    version = installed_version(requirement.name)
+    return version is not None and requirement.specifier.contains(version, prereleases=True)
 
 
 def torch_installed() -> bool:
-    """Checked without importing torch, which takes seconds and locks its files on Windows."""
-    return importlib.util.find_spec("torch") is not None
+    """Whether a torch that meets the library's requirement is installed."""
+    version = installed_version("torch")
+    return version is not None and TORCH_REQUIREMENT.specifier.contains(version, prereleases=True)
 
 
 @dataclass
 class DependencyPlan:
-    """What is missing: torch (installed through the PyTorch extension) and other requirements."""
+    """What is missing: a suitable torch (installed through the PyTorch extension) and other requirements."""
 
-    torch_missing: bool
-    missing: list[Requirement]
+    torch_version: str | None  # the installed torch, None when there is none
+    missing: list[Requirement] = field(default_factory=list)
+
+    @property
+    def torch_missing(self) -> bool:
+        return self.torch_version is None
+
+    @property
+    def torch_outdated(self) -> bool:
+        return (self.torch_version is not None
+                and not TORCH_REQUIREMENT.specifier.contains(self.torch_version, prereleases=True))
 
     @property
     def complete(self) -> bool:
-        return not self.torch_missing and not self.missing
+        return not self.torch_missing and not self.torch_outdated and not self.missing
 
 
-def plan_dependencies(requirements_path: str | Path) -> DependencyPlan:
-    """Compares the installed packages with ``requirements_path``."""
+_DETECT = "detect"
+
+
+def plan_dependencies(requirements_path: str | Path, torch_version: str | None = _DETECT) -> DependencyPlan:
+    """Compares the installed packages with ``requirements_path`` and torch with ``TORCH_REQUIREMENT``;
+    ``torch_version`` (None: no torch) stands for the installed torch when given."""
     requirements = [r for r in load_requirements(requirements_path) if r.name.lower() != "torch"]
-    return DependencyPlan(not torch_installed(), [r for r in requirements if not is_satisfied(r)])
+    version = installed_version("torch") if torch_version == _DETECT else torch_version
+    return DependencyPlan(version, [r for r in requirements if not is_satisfied(r)])
 
 
-def install_dependencies(plan: DependencyPlan, confirm: ConfirmFn) -> None:
+@dataclass
+class Installers:
+    """What actually installs: PyTorch Utils' ``installTorch`` and ``slicer.util.pip_install`` in Slicer."""
+
+    torch: Callable[[str], object] | None = None  # (version requirement) -> the torch module, or None
+    pip: Callable[[list[str]], None] | None = None  # (pip install arguments)
+
+
+def install_dependencies(plan: DependencyPlan, confirm: ConfirmFn, installers: Installers | None = None,
+                         constraints_dir: str | Path | None = None) -> None:
     """Offers to install what ``plan`` lists; raises ``MAEAnomalyError`` with a one-line reason when the user
-    declines or an installation fails. Nothing is installed without a ``confirm`` that returns True."""
-    if plan.torch_missing:
-        if not confirm(TORCH_PROMPT):
+    declines, an installation fails, or Slicer must restart first. Nothing is installed without a
+    ``confirm`` that returns True."""
+    installers = installers or Installers()
+    required = str(TORCH_REQUIREMENT.specifier)
+    if plan.torch_missing or plan.torch_outdated:
+        if plan.torch_missing and not confirm(TORCH_PROMPT):
             raise MAEAnomalyError(TORCH_DECLINED)
-        _install_torch()
+        if plan.torch_outdated and not confirm(TORCH_UPDATE_PROMPT.format(required=required,
+                                                                          installed=plan.torch_version)):
+            raise MAEAnomalyError(TORCH_OLD_DECLINED.format(required=required, installed=plan.torch_version))
+        old_loaded = plan.torch_outdated and "torch" in sys.modules
+        _install_torch(installers.torch or _pytorch_utils_installer(), required)
+        if old_loaded:  # the old version stays loaded in this process until Slicer restarts
+            raise MAEAnomalyError(TORCH_RESTART.format(installed=installed_version("torch")))
     if plan.missing:
-        _install_requirements(plan.missing, confirm)
+        _install_requirements(plan.missing, confirm, installers.pip, constraints_dir)
 
 
-def _install_torch() -> None:
+def torch_constraints(version: str) -> str:
+    """A pip constraints file that keeps the installed torch exactly as it is."""
+    return f"torch=={version}\n"
+
+
+def _pytorch_utils_installer() -> Callable[[str], object]:
     try:
         import PyTorchUtils  # the PyTorch extension's module, present when the extension is installed
     except ImportError:
         raise MAEAnomalyError(TORCH_EXTENSION_MISSING) from None
+    # The user already agreed, so the installer does not ask a second time.
+    return lambda requirement: PyTorchUtils.PyTorchUtilsLogic().installTorch(
+        askConfirmation=False, torchVersionRequirement=requirement)
+
+
+def _install_torch(install: Callable[[str], object], requirement: str) -> None:
     try:
-        # The user already agreed above, so the installer does not ask a second time.
-        torch = PyTorchUtils.PyTorchUtilsLogic().installTorch(askConfirmation=False)
+        torch = install(requirement)
+    except MAEAnomalyError:
+        raise
     except Exception as exc:  # the installer runs pip and light-the-torch, which raise many kinds of error
         raise MAEAnomalyError(PACKAGES_FAILED.format(reason=f"PyTorch: {_one_line(exc)}")) from None
     if torch is None:
         raise MAEAnomalyError(TORCH_DECLINED)
 
 
-def _install_requirements(missing: list[Requirement], confirm: ConfirmFn) -> None:
+def _install_requirements(missing: list[Requirement], confirm: ConfirmFn,
+                          pip: Callable[[list[str]], None] | None, constraints_dir: str | Path | None) -> None:
     names = ", ".join(str(r) for r in missing)
-    try:
-        from slicer import packaging as slicer_packaging  # recent Slicer versions only
-    except ImportError:
-        slicer_packaging = None
-    if slicer_packaging is not None and hasattr(slicer_packaging, "pip_ensure"):
-        try:
-            # pip_ensure shows its own confirmation listing the packages, then a progress dialog.
-            slicer_packaging.pip_ensure(missing, requester="MAEAnomaly")
-        except RuntimeError as exc:
-            if "declined" in str(exc).lower():
-                raise MAEAnomalyError(PACKAGES_DECLINED.format(missing=names)) from None
-            raise MAEAnomalyError(PACKAGES_FAILED.format(reason=_one_line(exc))) from None
-        except Exception as exc:  # subprocess.CalledProcessError and friends
-            raise MAEAnomalyError(PACKAGES_FAILED.format(reason=_one_line(exc))) from None
-        return
     if not confirm(f"MAEAnomaly needs these Python packages, which are missing:\n\n{names}\n\n"
-                   "Install them now with pip? This changes Slicer's Python environment."):
+                   "Install them now with pip? This changes Slicer's Python environment; the installed "
+                   "PyTorch is kept as it is."):
         raise MAEAnomalyError(PACKAGES_DECLINED.format(missing=names))
-    import slicer.util
+    if pip is None:
+        import slicer.util
 
-    try:
-        slicer.util.pip_install([str(r) for r in missing])
-    except Exception as exc:
-        raise MAEAnomalyError(PACKAGES_FAILED.format(reason=_one_line(exc))) from None
+        pip = slicer.util.pip_install
+    with tempfile.TemporaryDirectory(dir=constraints_dir) as folder:
+        args = [str(r) for r in missing]
+        version = installed_version("torch")
+        if version is not None:
+            constraints = Path(folder) / "constraints.txt"
+            constraints.write_text(torch_constraints(version), encoding="utf-8")
+            args += ["-c", str(constraints)]
+        try:
+            pip(args)
+        except Exception as exc:
+            raise MAEAnomalyError(PACKAGES_FAILED.format(reason=_one_line(exc))) from None
     logging.info("MAEAnomaly installed %s", names)
 
 

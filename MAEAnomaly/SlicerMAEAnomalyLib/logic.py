@@ -22,10 +22,22 @@ from MAEAnomalyLib.errors import MAEAnomalyError
 from MAEAnomalyLib.scoring.table import read_table_csv
 
 from .background import JobStatus, ScoringJob
-from .results import MODULE_NAME, ResultNodes
-from .volumes import image_from_volume
+from .results import MODULE_NAME, ROLE_BRAIN_MASK, ResultNodes
+from .volumes import image_from_volume, mask_image
 
 ProgressFn = Callable[[float], None]
+# ``--brain-mask`` choices besides a mask file: extract the brain (deepbet), or the head's foreground.
+BRAIN_MASK_AUTO, BRAIN_MASK_NONE = "auto", "none"
+
+
+def work_directory() -> Path:
+    """A new folder for one run's files: under Slicer's temporary folder in the application (which the
+    user can set in the application settings), else under the system's."""
+    try:
+        from slicer import app  # noqa: F401  (only the Slicer application provides slicer.app)
+    except ImportError:
+        return Path(tempfile.mkdtemp(prefix="maeanomaly-"))
+    return Path(slicer.util.tempDirectory("MAEAnomaly-"))
 
 
 def model_threshold(model_path: str | Path) -> float:
@@ -58,9 +70,25 @@ class ScoringRun:
         return self.job.poll()
 
     def cancel(self) -> None:
-        """Stops the process and removes its temporary files."""
+        """Stops the scoring process and every process it started, then removes the temporary files."""
         self.job.cancel()
         shutil.rmtree(self.workDir, ignore_errors=True)
+
+    def reportedOutputs(self) -> dict[str, Path]:
+        """The files the finished command reported (``kind: path`` lines), else the names it always uses."""
+        reported = {kind: Path(path) for kind, path in self.job.outputs.items()}
+        return {**self.outputs, **reported}
+
+
+def score_arguments(modelPath: str | Path, imagePath: Path, outDir: Path, device: str,
+                    brainMask: str | Path | None = None) -> list[str]:
+    """The ``maeanomaly score`` arguments of a run (before ``--progress``). ``modelPath`` is a model folder
+    or a shipped model's name; ``brainMask`` is ``auto``, ``none``, a mask file, or None for the CLI's
+    default."""
+    args = ["--model", str(modelPath), "--image", str(imagePath), "--out-dir", str(outDir), "--device", device]
+    if brainMask is not None:
+        args += ["--brain-mask", str(brainMask)]
+    return args
 
 
 class MAEAnomalyLogic(ResultNodes):
@@ -70,6 +98,8 @@ class MAEAnomalyLogic(ResultNodes):
         super().__init__(scene)
         self._model_key: tuple[str, float] | None = None
         self._model = None
+        # The interpreter for background runs; None is PythonSlicer in the application, else this Python.
+        self.pythonExecutable: str | None = None
 
     # Parameters -------------------------------------------------------------------------------------
 
@@ -80,12 +110,17 @@ class MAEAnomalyLogic(ResultNodes):
             node = slicer.vtkMRMLScriptedModuleNode()
             node.SetSingletonTag(MODULE_NAME)
             node.SetName(self.scene.GenerateUniqueName(MODULE_NAME))
-            node.SetAttribute("ModuleName", MODULE_NAME)
             node = self.scene.AddNode(node)
+        # Closing the scene keeps singleton nodes but clears their attributes; Slicer finds a module's
+        # parameter node by this one.
+        if node.GetAttribute("ModuleName") != MODULE_NAME:
+            node.SetAttribute("ModuleName", MODULE_NAME)
         return node
 
     def plotViewNode(self) -> slicer.vtkMRMLPlotViewNode:
-        """The plot view shown inside the module panel (not part of the view layout)."""
+        """The plot view shown inside the module panel. It is no part of the view layout (its parent layout
+        node is the parameter node) and ignores global chart selection, so ``slicer.util.plot()`` or
+        another module never replaces the score chart in it."""
         node = self.scene.GetSingletonNode(MODULE_NAME, "vtkMRMLPlotViewNode")
         if node is None:
             node = slicer.vtkMRMLPlotViewNode()
@@ -93,33 +128,39 @@ class MAEAnomalyLogic(ResultNodes):
             node.SetLayoutName(MODULE_NAME)
             node.SetName(f"{MODULE_NAME} plot view")
             node = self.scene.AddNode(node)
+        node.SetDoPropagatePlotChartSelection(False)
+        owner = self.getParameterNode()
+        if node.GetParentLayoutNode() is not owner:
+            node.SetAndObserveParentLayoutNodeID(owner.GetID())
         return node
 
     # Scoring ----------------------------------------------------------------------------------------
 
     def process(self, inputVolume: slicer.vtkMRMLScalarVolumeNode, modelPath: str | Path,
-                maskVolume: slicer.vtkMRMLScalarVolumeNode | None = None, progress: ProgressFn | None = None,
+                maskNode: slicer.vtkMRMLNode | None = None, progress: ProgressFn | None = None,
                 device: str = "auto") -> tuple[slicer.vtkMRMLTableNode, slicer.vtkMRMLScalarVolumeNode]:
         """Scores every axial slice of ``inputVolume`` in this process (blocking; the widget uses
-        ``startProcessing`` instead) and returns the score table and the difference volume."""
+        ``startProcessing`` instead) with ``maskNode`` (a volume or segmentation) or else the automatic
+        head foreground, and returns the score table and the difference volume."""
         from MAEAnomalyLib.runtime import resolve_device
         from MAEAnomalyLib.scoring.scores import score_image
+        from MAEAnomalyLib.shipped import resolve_model
 
-        image, mask = self._input_images(inputVolume, maskVolume)
-        model = self._load_model(modelPath)
+        image, mask = self._input_images(inputVolume, maskNode)
+        model = self._load_model(resolve_model(modelPath))
         scores = score_image(model, image, mask, device=resolve_device(device), progress=progress,
                              source=inputVolume.GetName())
         return self.storeResults(inputVolume, scores.table, scores.difference, scores.threshold)
 
     def _input_images(self, inputVolume: slicer.vtkMRMLScalarVolumeNode,
-                      maskVolume: slicer.vtkMRMLScalarVolumeNode | None) -> tuple[sitk.Image, sitk.Image | None]:
+                      maskNode: slicer.vtkMRMLNode | None) -> tuple[sitk.Image, sitk.Image | None]:
         if inputVolume is None:
             raise MAEAnomalyError("no input volume selected")
         image = image_from_volume(inputVolume)
         mask = None
-        if maskVolume is not None:
-            mask = image_from_volume(maskVolume, kind="mask")
-            check_same_grid(image, mask, maskVolume.GetName(), "mask")
+        if maskNode is not None:
+            mask = mask_image(maskNode, inputVolume)
+            check_same_grid(image, mask, maskNode.GetName(), "mask")
         return image, mask
 
     def _load_model(self, modelPath: str | Path):
@@ -133,25 +174,25 @@ class MAEAnomalyLogic(ResultNodes):
         return self._model
 
     def startProcessing(self, inputVolume: slicer.vtkMRMLScalarVolumeNode, modelPath: str | Path,
-                        maskVolume: slicer.vtkMRMLScalarVolumeNode | None = None,
-                        device: str = "auto") -> ScoringRun:
-        """Starts scoring in a separate process running the library's CLI; see ``ScoringRun``."""
+                        maskNode: slicer.vtkMRMLNode | None = None, device: str = "auto",
+                        brainMask: str | None = None) -> ScoringRun:
+        """Starts scoring in a separate process running the library's CLI; see ``ScoringRun``.
+        ``maskNode`` (a volume or segmentation) is the mask when given; otherwise ``brainMask`` chooses
+        between brain extraction (``auto``) and the head's foreground (``none``), None the CLI's default."""
         from MAEAnomalyLib.data.io import volume_name
 
-        image, mask = self._input_images(inputVolume, maskVolume)
-        workDir = Path(tempfile.mkdtemp(prefix="maeanomaly-"))
+        image, mask = self._input_images(inputVolume, maskNode)
+        workDir = work_directory()
         try:
             imagePath = workDir / "input.nrrd"
             sitk.WriteImage(image, str(imagePath))
-            args = ["--model", str(modelPath), "--image", str(imagePath), "--out-dir", str(workDir / "out"),
-                    "--device", device]
             names = {str(imagePath): inputVolume.GetName()}
             if mask is not None:
-                maskPath = workDir / "mask.nrrd"
-                sitk.WriteImage(mask, str(maskPath))
-                args += ["--mask", str(maskPath)]
-                names[str(maskPath)] = maskVolume.GetName()
-            job = ScoringJob(args)
+                brainMask = workDir / "mask.nrrd"
+                sitk.WriteImage(mask, str(brainMask))
+                names[str(brainMask)] = maskNode.GetName()
+            args = score_arguments(modelPath, imagePath, workDir / "out", device, brainMask)
+            job = ScoringJob(args, python=self.pythonExecutable)
         except BaseException:
             shutil.rmtree(workDir, ignore_errors=True)
             raise
@@ -162,8 +203,8 @@ class MAEAnomalyLogic(ResultNodes):
 
     def finishProcessing(self, run: ScoringRun
                          ) -> tuple[slicer.vtkMRMLTableNode, slicer.vtkMRMLScalarVolumeNode]:
-        """Loads a finished run's CSV and difference map into nodes (as ``process`` does), or raises its
-        one-line error; the temporary files are removed either way."""
+        """Loads a finished run's CSV, difference map and extracted brain mask (if any) into nodes (as
+        ``process`` does), or raises its one-line error; the temporary files are removed either way."""
         try:
             run.job.wait()
             if run.job.error is not None:
@@ -174,8 +215,61 @@ class MAEAnomalyLogic(ResultNodes):
             inputVolume = self.scene.GetNodeByID(run.inputVolumeID)
             if inputVolume is None:
                 raise MAEAnomalyError("the input volume was removed from the scene while it was being scored")
-            difference = sitk.ReadImage(str(run.outputs["difference"]), sitk.sitkFloat32)
-            table = read_table_csv(run.outputs["scores"])
-            return self.storeResults(inputVolume, table, difference, model_threshold(run.modelPath))
+            outputs = run.reportedOutputs()
+            difference = sitk.ReadImage(str(outputs["difference"]), sitk.sitkFloat32)
+            table = read_table_csv(outputs["scores"])
+            model = self._model_folder(run.modelPath)
+            nodes = self.storeResults(inputVolume, table, difference, model_threshold(model))
+            if "brain_mask" in outputs:
+                self.storeBrainMask(inputVolume, sitk.ReadImage(str(outputs["brain_mask"])))
+            return nodes
         finally:
             shutil.rmtree(run.workDir, ignore_errors=True)
+
+    @staticmethod
+    def _model_folder(model: str | Path) -> Path:
+        from MAEAnomalyLib.shipped import resolve_model
+
+        return resolve_model(model)
+
+    # Brain mask -------------------------------------------------------------------------------------
+
+    def storeBrainMask(self, inputVolume: slicer.vtkMRMLScalarVolumeNode,
+                       mask: sitk.Image) -> slicer.vtkMRMLSegmentationNode:
+        """Shows the brain mask that scoring extracted as the outline of a segmentation ("«volume» brain
+        mask"), so that the user sees what was scored; a later run on the same volume replaces it."""
+        from .volumes import ijk_to_ras_from_image, vtk_image
+
+        dims = inputVolume.GetImageData().GetDimensions()
+        if tuple(mask.GetSize()) != tuple(dims):
+            raise MAEAnomalyError(f"brain mask size {mask.GetSize()} differs from the input's {dims}",
+                                  inputVolume.GetName())
+        labelmap = self.scene.AddNewNodeByClass("vtkMRMLLabelMapVolumeNode")
+        try:
+            labelmap.SetIJKToRASMatrix(slicer.util.vtkMatrixFromArray(ijk_to_ras_from_image(mask)))
+            voxels = (sitk.GetArrayFromImage(mask) > 0).astype("uint8")
+            labelmap.SetAndObserveImageData(vtk_image(voxels))
+            segmentation = self._output(inputVolume, ROLE_BRAIN_MASK, "vtkMRMLSegmentationNode",
+                                        f"{inputVolume.GetName()} brain mask")
+            segmentation.GetSegmentation().RemoveAllSegments()
+            segmentation.SetAndObserveTransformNodeID(inputVolume.GetTransformNodeID())
+            if not slicer.vtkSlicerSegmentationsModuleLogic.ImportLabelmapToSegmentationNode(labelmap, segmentation):
+                raise MAEAnomalyError("cannot show the brain mask", inputVolume.GetName())
+        finally:
+            self.scene.RemoveNode(labelmap)
+        segment = segmentation.GetSegmentation().GetNthSegment(0)
+        if segment is not None:
+            segment.SetName("brain")
+            segment.SetColor(0.2, 0.8, 0.2)
+        if segmentation.GetDisplayNode() is None:
+            segmentation.CreateDefaultDisplayNodes()
+        display = segmentation.GetDisplayNode()
+        display.SetVisibility2DFill(False)  # an outline only: the difference map stays readable inside
+        display.SetVisibility2DOutline(True)
+        display.SetVisibility3D(False)
+        return segmentation
+
+    def brainMaskOf(self, inputVolume: slicer.vtkMRMLNode) -> slicer.vtkMRMLSegmentationNode | None:
+        """The brain mask shown for ``inputVolume``'s last run, if scoring extracted one."""
+        return self.outputNode(inputVolume, ROLE_BRAIN_MASK, "vtkMRMLSegmentationNode")
+

@@ -23,7 +23,7 @@ MODULE_NAME = "MAEAnomaly"
 INPUT_REFERENCE = "MAEAnomalyInput"
 ROLE_ATTRIBUTE = "MAEAnomaly.Role"
 THRESHOLD_ATTRIBUTE = "MAEAnomaly.Threshold"
-ROLE_SCORES, ROLE_DIFFERENCE = "scores", "difference"
+ROLE_SCORES, ROLE_DIFFERENCE, ROLE_BRAIN_MASK = "scores", "difference", "brainMask"
 ROLE_CHART, ROLE_SCORE_SERIES = "chart", "scoreSeries"
 ROLE_THRESHOLD_TABLE, ROLE_THRESHOLD_SERIES = "thresholdTable", "thresholdSeries"
 COLUMN_DESCRIPTIONS = {
@@ -135,10 +135,7 @@ class ResultNodes:
             if name in COLUMN_DESCRIPTIONS:
                 table.SetColumnDescription(name, COLUMN_DESCRIPTIONS[name])
         table.SetColumnUnitLabel("position_mm", "mm")
-        if hasattr(table, "SetUseColumnTitleAsColumnHeader"):
-            table.SetUseColumnTitleAsColumnHeader(True)
-        else:  # Slicer before 5.9
-            table.SetUseColumnNameAsColumnHeader(True)
+        table.SetUseColumnTitleAsColumnHeader(True)
         table.SetLocked(True)
 
     @staticmethod
@@ -185,10 +182,21 @@ class ResultNodes:
         display.SetApplyThreshold(True)
         display.SetThreshold(float(threshold), float(np.finfo(np.float32).max))
 
-    def setOverlayOpacity(self, opacity: float) -> None:
-        """The difference map's opacity over the input in every slice view."""
+    def outputVolumeIDs(self) -> list[str]:
+        """The IDs of every volume this module made (difference maps), which are never inputs."""
+        return [node.GetID() for node in self._nodes("vtkMRMLScalarVolumeNode")
+                if node.GetAttribute(ROLE_ATTRIBUTE) == ROLE_DIFFERENCE]
+
+    def setOverlayOpacity(self, opacity: float) -> int:
+        """The difference map's opacity in the slice views that show one of our difference maps as
+        foreground; views showing anything else keep their opacity. Returns the number of views changed."""
+        ours = set(self.outputVolumeIDs())
+        changed = 0
         for composite in self._nodes("vtkMRMLSliceCompositeNode"):
-            composite.SetForegroundOpacity(float(opacity))
+            if composite.GetForegroundVolumeID() in ours:
+                composite.SetForegroundOpacity(float(opacity))
+                changed += 1
+        return changed
 
     def showResults(self, inputVolume: slicer.vtkMRMLScalarVolumeNode,
                     differenceVolume: slicer.vtkMRMLScalarVolumeNode, opacity: float = DEFAULT_OPACITY,

@@ -87,3 +87,29 @@ def vtk_image(array: np.ndarray) -> vtk.vtkImageData:
     scalars = numpy_support.numpy_to_vtk(np.ascontiguousarray(array).ravel(), deep=True)
     image.GetPointData().SetScalars(scalars)
     return image
+
+
+def mask_image(mask: slicer.vtkMRMLNode, reference: slicer.vtkMRMLScalarVolumeNode) -> sitk.Image:
+    """A mask as a SimpleITK image: a volume node as it is, or a segmentation node (the way Slicer users
+    keep brain masks) exported with all its segments onto the grid of ``reference``."""
+    if not mask.IsA("vtkMRMLSegmentationNode"):
+        return image_from_volume(mask, kind="mask")
+    segment_ids = list(mask.GetSegmentation().GetSegmentIDs())
+    if not segment_ids:
+        raise MAEAnomalyError("mask is empty (the segmentation has no segments)", mask.GetName())
+    scene = mask.GetScene()
+    before = {scene.GetNthNode(k).GetID() for k in range(scene.GetNumberOfNodes())}
+    labelmap = scene.AddNewNodeByClass("vtkMRMLLabelMapVolumeNode", f"{mask.GetName()} (mask)")
+    try:
+        # Export resamples every segment onto the reference's grid, including transforms between them.
+        if not slicer.vtkSlicerSegmentationsModuleLogic.ExportSegmentsToLabelmapNode(
+                mask, segment_ids, labelmap, reference, slicer.vtkSegmentation.EXTENT_REFERENCE_GEOMETRY):
+            raise MAEAnomalyError("cannot convert the segmentation to a label map", mask.GetName())
+        labelmap.SetAndObserveTransformNodeID(reference.GetTransformNodeID())
+        labelmap.SetName(mask.GetName())  # so that every message names the node the user chose
+        return image_from_volume(labelmap, kind="mask")
+    finally:  # the label map and what the export made for it (display and colour nodes)
+        added = [scene.GetNthNode(k) for k in range(scene.GetNumberOfNodes())]
+        for node in added:
+            if node.GetID() not in before:
+                scene.RemoveNode(node)
