@@ -115,6 +115,20 @@ class TrainConfig:
 
 
 @dataclass
+class SegmentationConfig:
+    """How the difference map becomes an anomaly segmentation (``voxel_threshold``, ``scoring.segmentation``).
+
+    Every default was chosen on healthy held-out volumes alone (README, *Anomaly segmentation*)."""
+
+    # Share of the held-out healthy foreground voxels above the voxel threshold (its 99th percentile).
+    target_fpr: float = 0.01
+    # Radius in voxels of the 3D median filter applied to the map before thresholding (0: off).
+    median_radius: int = 1
+    # Connected components smaller than this (mm³) are dropped after thresholding (0: keep all).
+    min_component_mm3: float = 100.0
+
+
+@dataclass
 class ModelConfig:
     """Everything needed to rebuild and run a trained model; stored as ``config.json``."""
 
@@ -124,7 +138,10 @@ class ModelConfig:
     classifier: ClassifierConfig = field(default_factory=ClassifierConfig)
     pseudo_abnormal: PseudoAbnormalConfig = field(default_factory=PseudoAbnormalConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    segmentation: SegmentationConfig = field(default_factory=SegmentationConfig)
     threshold: float | None = None
+    # Calibrated with the slice threshold; None in models trained before voxel calibration existed.
+    voxel_threshold: float | None = None
     format_version: int = FORMAT_VERSION
     versions: dict[str, str] = field(default_factory=dict)
     training_summary: dict[str, Any] = field(default_factory=dict)
@@ -141,6 +158,7 @@ class ModelConfig:
             "classifier": ClassifierConfig,
             "pseudo_abnormal": PseudoAbnormalConfig,
             "train": TrainConfig,
+            "segmentation": SegmentationConfig,
         }
         if not all(isinstance(data.get(n, {}), dict) for n in sections):
             raise ValueError("every section must be a JSON object")

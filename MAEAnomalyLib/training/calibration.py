@@ -13,6 +13,7 @@ from ..model_io import AnomalyModel
 from ..scoring.scores import score_prepared
 from .distributed import Dist, StopControl
 from .loop import TrainingInterrupted, release_freed_memory
+from .voxel_threshold import VoxelCalibration
 
 
 def calibrate(model: AnomalyModel, sources: Sequence[Source], dist: Dist, stop: StopControl, target_fpr: float
@@ -25,6 +26,7 @@ def calibrate(model: AnomalyModel, sources: Sequence[Source], dist: Dist, stop: 
     cfg = model.config
     model.to(dist.device).eval()
     local = []
+    voxels = VoxelCalibration(cfg)  # issue 19: the voxel threshold, from the same healthy volumes
     for start in range(0, len(sources), dist.world):
         if start + dist.rank < len(sources):
             image, mask, labels = sources[start + dist.rank]
@@ -34,6 +36,7 @@ def calibrate(model: AnomalyModel, sources: Sequence[Source], dist: Dist, stop: 
             if volume.labelled is not None:
                 usable &= ~volume.labelled
             local.append(result.table["score"][usable])
+            voxels.add(result, usable)
             del volume, result
             release_freed_memory()
         if stop.poll() == StopControl.SIGNAL:
@@ -44,5 +47,5 @@ def calibrate(model: AnomalyModel, sources: Sequence[Source], dist: Dist, stop: 
         raise MAEAnomalyError("the held-out volumes have no usable slices for calibration")
     threshold = float(np.quantile(values, 1 - target_fpr, method="higher"))
     summary = {"validation_slices": int(values.size), "target_fpr": target_fpr,
-               "validation_fpr": float((values >= threshold).mean())}
+               "validation_fpr": float((values >= threshold).mean()), **voxels.thresholds(dist)}
     return threshold, summary

@@ -150,6 +150,7 @@ def train(images: Sequence[Path], out_dir: Path, cfg: ModelConfig, device: torch
         run_stages(model, train_rows, val_rows, run, progress, resumed, out_dir)
         threshold, calibration = calibrate(model, [volumes[i] for i in val_ids], dist, stop, cfg.train.target_fpr)
         cfg.threshold = threshold
+        cfg.voxel_threshold = calibration["voxel_thresholds"]["difference"]["on"]
         cfg.training_summary = {
             "train_volumes": [str(images[i]) for i in train_ids],
             "validation_volumes": [str(images[i]) for i in val_ids],
