@@ -4,9 +4,10 @@ voxels and as the mean of per-volume Dice.
 
 Ranking metrics come from fixed-resolution histograms of the map's values inside and outside the
 lesion, added one volume at a time, so memory stays at a few histograms however many volumes there are.
-Values are binned in ``[low, high]`` (outside it, clipped to the end bins); with the default 20,000 bins
-over [0, 1] the binned AUROC and AUPRC match the exact ones within 0.001 (Testing/test_voxel_metrics.py).
-The Dice at a given threshold is counted exactly, voxel by voxel.
+A value v is binned by u = v / (1 + |v|), a monotone map of every real number onto (-1, 1), split into
+80,000 equal bins: no value is ever clipped, and bins are at most 1e-4 wide for |v| <= 1 (the
+normalised maps). The binned AUROC and AUPRC match the exact ones within 0.001
+(Testing/test_voxel_metrics.py). The Dice at a given threshold is counted exactly, voxel by voxel.
 """
 
 from __future__ import annotations
@@ -16,15 +17,13 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-BINS = 20_000
+BINS = 80_000
 
 
 @dataclass
 class VoxelHistogram:
     """Counts of lesion (positive) and other (negative) foreground voxels per value bin."""
 
-    low: float = 0.0
-    high: float = 1.0
     bins: int = BINS
     positive: np.ndarray = field(default=None)  # type: ignore[assignment]
     negative: np.ndarray = field(default=None)  # type: ignore[assignment]
@@ -36,9 +35,10 @@ class VoxelHistogram:
             self.negative = np.zeros(self.bins, dtype=np.int64)
 
     def index(self, values: np.ndarray) -> np.ndarray:
-        """The bin of each value; bin k holds [low + k·w, low + (k+1)·w)."""
-        scaled = (np.asarray(values, dtype=np.float64) - self.low) * (self.bins / (self.high - self.low))
-        return np.clip(np.floor(scaled), 0, self.bins - 1).astype(np.int64)
+        """The bin of each value: bin k holds u = v / (1 + |v|) in [-1 + 2k/bins, -1 + 2(k+1)/bins)."""
+        v = np.asarray(values, dtype=np.float64)
+        u = v / (1 + np.abs(v))
+        return np.clip(np.floor((u + 1) * (self.bins / 2)), 0, self.bins - 1).astype(np.int64)
 
     def add(self, values: np.ndarray, truth: np.ndarray) -> None:
         """Adds voxels (any shape) with their bool lesion labels."""
@@ -47,9 +47,10 @@ class VoxelHistogram:
         self.positive += np.bincount(bins[truth], minlength=self.bins)
         self.negative += np.bincount(bins[~truth], minlength=self.bins)
 
-    def edge(self, k: int | np.ndarray) -> float | np.ndarray:
-        """Lower edge of bin ``k``: predicting 'anomalous' from bin k up means thresholding there."""
-        return self.low + np.asarray(k) * (self.high - self.low) / self.bins
+    def edge(self, k: int) -> float:
+        """Lower edge of bin ``k`` as a map value: calling 'anomalous' from bin k up is thresholding there."""
+        u = -1 + 2 * k / self.bins
+        return float(u / (1 - abs(u))) if abs(u) < 1 else float(np.sign(u) * np.inf)
 
     def curves(self) -> tuple[np.ndarray, np.ndarray]:
         """True and false positives when every voxel in bin k or above is called anomalous, k descending."""
@@ -82,11 +83,10 @@ class VoxelHistogram:
         return np.divide(2 * tp, denominator, out=np.zeros(len(tp)), where=denominator > 0)
 
     def quantile_edge(self, fraction: float) -> float:
-        """The lowest bin edge with at most ``fraction`` of the negative voxels at or above it (``high``
-        when even the top bin holds more)."""
+        """The lowest bin edge with at most ``fraction`` of the negative voxels at or above it."""
         _, fp = self.curves()
         within = np.flatnonzero(fp <= fraction * fp[-1])  # a prefix, since fp grows as the edge falls
-        return float(self.edge(self.bins - 1 - within[-1])) if len(within) else self.high
+        return self.edge(self.bins - 1 - within[-1]) if len(within) else float("inf")
 
 
 @dataclass
@@ -104,7 +104,7 @@ class MapMetrics:
     def add(self, values: np.ndarray, lesion: np.ndarray, called: np.ndarray | None, voxel_ml: float) -> None:
         """``values``, ``lesion`` and ``called`` (the thresholded, post-processed map; None without a
         threshold) over one volume's foreground voxels."""
-        own = VoxelHistogram(self.histogram.low, self.histogram.high, self.histogram.bins)
+        own = VoxelHistogram(self.histogram.bins)
         own.add(values, lesion)
         self.histogram.positive += own.positive
         self.histogram.negative += own.negative
@@ -126,12 +126,12 @@ class MapMetrics:
         best = int(np.argmax(pooled))
         out: dict = {"auroc": h.auroc(), "auprc": h.auprc(),
                      "lesion_share": float(h.positive.sum() / max(1, h.positive.sum() + h.negative.sum())),
-                     "best_dice": float(pooled[best]), "best_dice_threshold": float(h.edge(h.bins - 1 - best))}
+                     "best_dice": float(pooled[best]), "best_dice_threshold": h.edge(h.bins - 1 - best)}
         if self.lesion_volumes:
             mean_curve = self.dice_sum / self.lesion_volumes
             k = int(np.argmax(mean_curve))
             out["best_dice_mean_volume"] = float(mean_curve[k])
-            out["best_dice_mean_volume_threshold"] = float(h.edge(h.bins - 1 - k))
+            out["best_dice_mean_volume_threshold"] = h.edge(h.bins - 1 - k)
         else:
             out["best_dice_mean_volume"] = out["best_dice_mean_volume_threshold"] = None
         tp, fp, fn = (int(c) for c in self.counts)

@@ -12,8 +12,6 @@ from ..data.io import to_canonical
 from ..data.preprocessing import normalise
 from .scores import VolumeScores
 
-# Both maps lie in [0, 1]: the difference of two normalised images is clipped there when stored, and
-# the normalised intensity is clipped by construction; the voxel histograms use that range.
 MAPS = ("difference", "intensity")
 
 
