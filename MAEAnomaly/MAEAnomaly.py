@@ -29,6 +29,7 @@ if (_CHECKOUT / "MAEAnomalyLib" / "__init__.py").is_file() and str(_CHECKOUT) no
     sys.path.append(str(_CHECKOUT))
 
 from MAEAnomalyLib.errors import MAEAnomalyError  # noqa: E402
+from SlicerMAEAnomalyLib.components import ComponentsPanel  # noqa: E402  (issue 19)
 from SlicerMAEAnomalyLib.dependencies import install_dependencies, plan_dependencies  # noqa: E402
 from SlicerMAEAnomalyLib.logic import MAEAnomalyLogic  # noqa: E402
 from SlicerMAEAnomalyLib.results import (  # noqa: E402
@@ -120,6 +121,7 @@ class MAEAnomalyWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.thresholdSlider.connect("valueChanged(double)", self.onThresholdChanged)
         self.ui.mostAnomalousButton.connect("clicked(bool)", self.onJumpToMostAnomalous)
         self.ui.scoreTableView.connect("selectionChanged()", self.onTableSelectionChanged)
+        self.componentsPanel = ComponentsPanel(self.ui.resultsCollapsibleButton.layout(), self.logic)  # issue 19
         self.initializeParameterNode()
 
     def cleanup(self) -> None:
@@ -185,6 +187,7 @@ class MAEAnomalyWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
     def onInputChanged(self, node) -> None:
         """Shows the results of an earlier run on the newly selected volume, if there are any."""
+        self.componentsPanel.setInput(node)  # issue 19
         if self._parameterNode and node is not None:
             self._parameterNode.scoreTable = self.logic.outputNode(node, ROLE_SCORES, "vtkMRMLTableNode")
             self._parameterNode.differenceVolume = self.logic.outputNode(node, ROLE_DIFFERENCE,
@@ -257,6 +260,7 @@ class MAEAnomalyWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         p.scoreTable = table
         self.logic.showResults(inputVolume, difference, p.overlayOpacity, p.displayThreshold)
         slicer.util.resetSliceViews()
+        self.componentsPanel.setInput(inputVolume)  # issue 19
         row = self.logic.jumpToMostAnomalous(table)
         columns = self.logic.tableColumns(table)
         self.ui.statusLabel.text = (

@@ -22,6 +22,7 @@ from MAEAnomalyLib.errors import MAEAnomalyError
 from MAEAnomalyLib.scoring.table import read_table_csv
 
 from .background import JobStatus, ScoringJob
+from .components import loadComponentFiles, storeComponentsOfScores  # issue 19
 from .results import MODULE_NAME, ResultNodes
 from .volumes import image_from_volume
 
@@ -109,6 +110,7 @@ class MAEAnomalyLogic(ResultNodes):
         model = self._load_model(modelPath)
         scores = score_image(model, image, mask, device=resolve_device(device), progress=progress,
                              source=inputVolume.GetName())
+        storeComponentsOfScores(self, inputVolume, scores)  # issue 19: segmentation node and components table
         return self.storeResults(inputVolume, scores.table, scores.difference, scores.threshold)
 
     def _input_images(self, inputVolume: slicer.vtkMRMLScalarVolumeNode,
@@ -157,7 +159,8 @@ class MAEAnomalyLogic(ResultNodes):
             raise
         name = volume_name(imagePath)
         out = workDir / "out"
-        outputs = {"scores": out / f"{name}_scores.csv", "difference": out / f"{name}_diff.nii.gz"}
+        outputs = {"scores": out / f"{name}_scores.csv", "difference": out / f"{name}_diff.nii.gz",
+                   "anomalies": out / f"{name}_anomalies.nii.gz", "components": out / f"{name}_components.csv"}
         return ScoringRun(job, inputVolume.GetID(), Path(modelPath), workDir, imagePath, outputs, names)
 
     def finishProcessing(self, run: ScoringRun
@@ -176,6 +179,7 @@ class MAEAnomalyLogic(ResultNodes):
                 raise MAEAnomalyError("the input volume was removed from the scene while it was being scored")
             difference = sitk.ReadImage(str(run.outputs["difference"]), sitk.sitkFloat32)
             table = read_table_csv(run.outputs["scores"])
+            loadComponentFiles(self, inputVolume, run.outputs)  # issue 19: segmentation node and components table
             return self.storeResults(inputVolume, table, difference, model_threshold(run.modelPath))
         finally:
             shutil.rmtree(run.workDir, ignore_errors=True)
