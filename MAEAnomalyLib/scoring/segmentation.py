@@ -12,6 +12,7 @@ import csv
 import io
 import math
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 import SimpleITK as sitk
@@ -19,7 +20,9 @@ from scipy import ndimage
 
 from ..config import SegmentationConfig
 from ..data.io import from_canonical, to_canonical
-from ..data.preprocessing import PreparedVolume, to_model_size
+
+if TYPE_CHECKING:  # torch-free at import, so that the Slicer module loads before torch is installed
+    from ..data.preprocessing import PreparedVolume
 
 COMPONENT_COLUMNS = ("label", "voxels", "volume_mm3", "volume_ml", "first_slice", "last_slice",
                      "centroid_r", "centroid_a", "centroid_s", "centroid_l", "centroid_p", "centroid_lps_s",
@@ -121,6 +124,8 @@ def read_components_csv(path: str) -> list[dict]:
 
 def labels_at_model_size(segmentation: Segmentation, prepared: PreparedVolume, size: int) -> np.ndarray:
     """(Z, S, S) labels as the networks see each slice (the report draws their outlines there)."""
+    from ..data.preprocessing import to_model_size
+
     rows, cols = prepared.window
     window = segmentation.canonical[:, rows, cols].astype(np.float32)
     return to_model_size(window, size, mode="nearest")[:, 0].numpy().round().astype(np.int64)
