@@ -5,7 +5,11 @@ trained one)."""
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -95,3 +99,34 @@ def test_evaluate_reports_voxel_metrics_for_each_map(calibrated, small_cohort, t
         if variant == "off":  # no component removal: the oracle's thresholds include the calibrated one
             assert row["dice"] <= row["best_dice"] + 1e-3
         assert row["best_dice_mean_volume"] >= row["dice_mean_volume"] - 1e-3 or variant == "on"
+
+
+def _benchmark(script: str, *args: object) -> subprocess.CompletedProcess:
+    root = Path(__file__).resolve().parents[1]
+    env = {**os.environ, "PYTHONPATH": str(root), "OMP_NUM_THREADS": "2"}
+    return subprocess.run([sys.executable, str(root / "benchmarks" / script), *map(str, args)],
+                          capture_output=True, text=True, env=env, timeout=600)
+
+
+@pytest.mark.slow
+def test_postprocessing_benchmark_lowers_healthy_false_positives_with_component_size(small_cohort,
+                                                                                      untrained_model_dir):
+    healthy, lesioned = small_cohort
+    done = _benchmark("voxel_postprocessing.py", untrained_model_dir, "--calibration", healthy[0][0],
+                      "--calibration-masks", healthy[0][1], "--healthy", healthy[1][0], "--healthy-masks",
+                      healthy[1][1], "--lesioned", lesioned[0][0], "--labels", lesioned[0][2], "--lesioned-masks",
+                      lesioned[0][1], "--radii", "0,1", "--sizes", "0,100,1000")
+    assert done.returncode == 0, done.stderr
+    rows = [line.split() for line in done.stdout.splitlines()[1:]]
+    assert [(r[0], r[2]) for r in rows] == [(a, b) for a in ("0", "1") for b in ("0", "100", "1000")]
+    for radius in ("0", "1"):
+        fp = [float(r[3]) for r in rows if r[0] == radius]
+        assert fp == sorted(fp, reverse=True)  # dropping small components never adds a false positive
+
+
+@pytest.mark.slow
+def test_memory_benchmark_runs_on_a_small_cohort(tmp_path):
+    done = _benchmark("voxel_memory.py", "--volumes", 2, "--sizes", "1,2", "--shape", "24,48,48", "--work", tmp_path)
+    assert done.returncode == 0, done.stderr
+    rows = [line.split() for line in done.stdout.splitlines()[1:]]
+    assert [int(r[0]) for r in rows] == [1, 2] and all(float(r[4]) > 0 for r in rows)
