@@ -124,9 +124,11 @@ class MapMetrics:
         h = self.histogram
         pooled = h.dice_curve()
         best = int(np.argmax(pooled))
+        lesion = h.positive.sum() > 0  # without lesion voxels no Dice is defined; the false positives are
         out: dict = {"auroc": h.auroc(), "auprc": h.auprc(),
                      "lesion_share": float(h.positive.sum() / max(1, h.positive.sum() + h.negative.sum())),
-                     "best_dice": float(pooled[best]), "best_dice_threshold": h.edge(h.bins - 1 - best)}
+                     "best_dice": float(pooled[best]) if lesion else None,
+                     "best_dice_threshold": h.edge(h.bins - 1 - best) if lesion else None}
         if self.lesion_volumes:
             mean_curve = self.dice_sum / self.lesion_volumes
             k = int(np.argmax(mean_curve))
@@ -135,9 +137,9 @@ class MapMetrics:
         else:
             out["best_dice_mean_volume"] = out["best_dice_mean_volume_threshold"] = None
         tp, fp, fn = (int(c) for c in self.counts)
-        has = self.threshold is not None and self.false_positive_ml
+        has = self.threshold is not None and bool(self.false_positive_ml)
         out["threshold"] = self.threshold
-        out["dice"] = 2 * tp / (2 * tp + fp + fn) if has and tp + fp + fn else None
+        out["dice"] = 2 * tp / (2 * tp + fp + fn) if has and lesion else None
         out["dice_mean_volume"] = float(np.mean(self.volume_dice)) if has and self.volume_dice else None
         out["false_positive_ml_mean"] = float(np.mean(self.false_positive_ml)) if has else None
         return out

@@ -96,6 +96,16 @@ def test_postprocessing_changes_only_the_calibrated_segmentation():
     assert post["dice"] > raw["dice"]
 
 
+def test_healthy_cohort_has_no_dice_but_a_false_positive_volume():
+    evaluation = VoxelEvaluation({"map": 0.5})
+    values = np.array([0.9, 0.6, 0.1, 0.1], np.float32)
+    evaluation.add({"map": values}, np.ones(4, bool), np.zeros(4, bool), voxel_ml=0.25)
+    result = evaluation.result()["map"]
+    assert result["auroc"] is None and result["auprc"] is None
+    assert result["best_dice"] is None and result["dice"] is None and result["dice_mean_volume"] is None
+    assert result["false_positive_ml_mean"] == pytest.approx(0.5)  # two voxels of 0.25 mL
+
+
 def test_quantile_edge_sets_the_false_positive_rate_on_healthy_voxels():
     rng = np.random.default_rng(4)
     healthy = rng.uniform(0, 1, 200_000)
