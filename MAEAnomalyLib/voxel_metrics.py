@@ -91,7 +91,8 @@ class VoxelHistogram:
 
 @dataclass
 class MapMetrics:
-    """Everything one map contributes over a cohort, in memory independent of the cohort's size."""
+    """Everything one map contributes over a cohort: histograms of fixed size, and two numbers per volume
+    (its calibrated Dice and false-positive volume), never its voxels."""
 
     threshold: float | None = None
     histogram: VoxelHistogram = field(default_factory=VoxelHistogram)
@@ -124,7 +125,7 @@ class MapMetrics:
         h = self.histogram
         pooled = h.dice_curve()
         best = int(np.argmax(pooled))
-        lesion = h.positive.sum() > 0  # without lesion voxels no Dice is defined; the false positives are
+        lesion = h.positive.sum() > 0  # a healthy cohort defines no Dice, only a false-positive volume
         out: dict = {"auroc": h.auroc(), "auprc": h.auprc(),
                      "lesion_share": float(h.positive.sum() / max(1, h.positive.sum() + h.negative.sum())),
                      "best_dice": float(pooled[best]) if lesion else None,
@@ -149,9 +150,9 @@ PostProcess = Callable[[np.ndarray, np.ndarray], np.ndarray]
 
 
 class VoxelEvaluation:
-    """Adds volumes one at a time; ``result`` gives each map's metrics. ``maps`` names each map and its
-    threshold (or None); ``postprocess(called, foreground)`` turns a thresholded map into the final
-    segmentation (e.g. removal of small components)."""
+    """Adds volumes one at a time; ``result`` gives each map's metrics. ``thresholds`` names each map and
+    its calibrated threshold (or None); in ``add``, ``postprocess[name](called, foreground)`` turns a
+    thresholded map into the final segmentation (e.g. small components removed)."""
 
     def __init__(self, thresholds: dict[str, float | None]) -> None:
         self.maps = {name: MapMetrics(threshold=t) for name, t in thresholds.items()}
