@@ -90,6 +90,8 @@ def cmd_score(args: argparse.Namespace) -> int:
     flagged = int(result.table["abnormal"].sum())
     _log(f"model {model}; foreground: {foreground.how}")
     _log(f"{len(result.table['score'])} slices scored, {flagged} above the threshold {result.threshold:.4f}")
+    if "anomalies" not in paths:
+        _log("the model has no voxel threshold (trained before voxel calibration): no anomaly segmentation written")
     for kind, path in paths.items():
         print(f"{kind}: {path}")
     return 0
@@ -176,12 +178,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("score", help="score every axial slice of one volume",
                        description="Scores every axial slice of one volume and writes NAME_scores.csv, "
-                                   "NAME_diff.nii.gz and NAME_report.png to --out-dir (all or none).")
+                                   "NAME_diff.nii.gz, NAME_report.png and, when the model has a voxel threshold, "
+                                   "NAME_anomalies.nii.gz and NAME_components.csv to --out-dir (all or none).")
     p.add_argument("--model", help=MODEL_HELP)
     p.add_argument("--image", required=True, help="the volume: NIfTI, NRRD, MetaImage, Analyze or a DICOM folder")
     p.add_argument("--brain-mask", default="auto", metavar="auto|none|PATH", help=BRAIN_MASK_HELP)
     p.add_argument("--mask", dest="brain_mask", help="the same as --brain-mask PATH")
-    p.add_argument("--out-dir", required=True, help="folder for the three outputs (created if needed)")
+    p.add_argument("--out-dir", required=True, help="folder for the outputs (created if needed)")
     p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"),
                    help=DEVICE_HELP)
     p.add_argument("--batch-size", type=int, default=32, help="slices per batch (each reconstructed 4 times)")

@@ -118,6 +118,23 @@ class TrainConfig:
 
 
 @dataclass
+class SegmentationConfig:
+    """How the difference map becomes an anomaly segmentation (``voxel_threshold``, ``scoring.segmentation``).
+
+    Every default was chosen on healthy held-out volumes alone (README, *Anomaly segmentation*)."""
+
+    # Share of the held-out healthy foreground voxels above the voxel threshold (its 99th percentile).
+    target_fpr: float = 0.01
+    # Radius in voxels of the 3D median filter applied to the map before thresholding (0: off). On held-out
+    # healthy volumes a 3x3x3 filter (radius 1) raised the false-positive volume per subject (benchmarks/README.md).
+    median_radius: int = 0
+    # Connected components smaller than this (mm³) are dropped after thresholding (0: keep all). The size
+    # of a 5.8-mm sphere: the largest dropped a priori; larger sizes lower healthy false positives further
+    # only by discarding lesions of that size too.
+    min_component_mm3: float = 100.0
+
+
+@dataclass
 class ModelConfig:
     """Everything needed to rebuild and run a trained model; stored as ``config.json``."""
 
@@ -127,12 +144,15 @@ class ModelConfig:
     classifier: ClassifierConfig = field(default_factory=ClassifierConfig)
     pseudo_abnormal: PseudoAbnormalConfig = field(default_factory=PseudoAbnormalConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    segmentation: SegmentationConfig = field(default_factory=SegmentationConfig)
     threshold: float | None = None
     # Per tenth of the brain's axial extent, the healthy centre and spread of each score (scoring.position);
     # None for models without one: their score is the classifier's probability.
     position_reference: dict[str, Any] | None = None
     # Set by ``maeanomaly calibrate``: the healthy volumes of a site, and the threshold it replaced.
     site_calibration: dict[str, Any] = field(default_factory=dict)
+    # Calibrated with the slice threshold; None in models trained before voxel calibration existed.
+    voxel_threshold: float | None = None
     format_version: int = FORMAT_VERSION
     versions: dict[str, str] = field(default_factory=dict)
     training_summary: dict[str, Any] = field(default_factory=dict)
@@ -149,6 +169,7 @@ class ModelConfig:
             "classifier": ClassifierConfig,
             "pseudo_abnormal": PseudoAbnormalConfig,
             "train": TrainConfig,
+            "segmentation": SegmentationConfig,
         }
         if not all(isinstance(data.get(n, {}), dict) for n in sections):
             raise ValueError("every section must be a JSON object")

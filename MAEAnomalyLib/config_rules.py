@@ -68,6 +68,9 @@ RANGES: dict[tuple[str, str], tuple[float, float]] = {
     ("train", "validation_fraction"): (0.001, 1),
     ("train", "target_fpr"): (1e-6, 1),
     ("train", "seed"): (0, 2**63),
+    ("segmentation", "target_fpr"): (1e-6, 1),
+    ("segmentation", "median_radius"): (0, 6),
+    ("segmentation", "min_component_mm3"): (0, 1e9),
 }
 
 
@@ -127,6 +130,9 @@ def _relation_problems(cfg: Any) -> list[str]:
     if pa.min_boxes > pa.max_boxes or pa.min_side > pa.max_side or pa.beta_low > pa.beta_high:
         problems.append("pseudo_abnormal minimums must not exceed their maximums (boxes, sides, beta)")
     problems += _threshold_problems(cfg)
+    voxel = getattr(cfg, "voxel_threshold", None)
+    if voxel is not None and not (isinstance(voxel, (int, float)) and math.isfinite(voxel) and voxel >= 0):
+        problems.append(f"voxel_threshold is {voxel!r}; it must be a number of at least 0")
     parameters = approximate_parameters([(mae.depth, mae.embed_dim), (mae.decoder_depth, mae.decoder_embed_dim),
                                          (clf.depth, clf.embed_dim)])
     if parameters > SIZE_CAP_FACTOR * _PAPER_PARAMETERS:

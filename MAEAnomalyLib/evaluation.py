@@ -199,6 +199,10 @@ def format_metrics(metrics: dict) -> str:
             cells = "".join(f"{fmt(v['auroc'][n]):>19}" for n in names)
             lines.append(f"{v['slices']:>6} ({v['abnormal']})".ljust(18) + cells
                          + f"{fmt(v['flagged_normal']):>16}{fmt(v['flagged_abnormal']):>18}   {v['volume']}")
+    if "voxel" in metrics:
+        from .voxel_evaluation import format_cohort_voxels
+
+        lines.append(format_cohort_voxels(metrics["voxel"]))
     return "\n".join(lines)
 
 
@@ -213,19 +217,24 @@ def evaluate_cohort(model_dir: str | Path, images: Sequence, labels: Sequence, m
     from .model_io import load_model
     from .runtime import resolve_device
     from .scoring.scores import score_prepared
+    from .voxel_evaluation import CohortVoxels
 
     volumes = sources(images, masks, labels)
     model = load_model(model_dir)
     device = resolve_device(device_name)
     model.to(device)
     tables, truth, areas = [], [], []
+    voxels = CohortVoxels(model.config)
     for image, mask, label in tqdm(volumes, desc="scoring volumes", unit="vol"):
         prepared, _ = prepare_volume(image, model.config.preprocess, mask or brain_mask, label,
                                      model.config.mae.patch_size, device)
-        tables.append(score_prepared(model, prepared, device, batch_size).table)
+        result = score_prepared(model, prepared, device, batch_size)
+        tables.append(result.table)
+        voxels.add(result, label)
         truth.append(prepared.labelled)
         areas.append(prepared.labelled_area_mm2)
     metrics = slice_metrics(tables, truth, areas, [str(path) for path in images])
     metrics["volumes"] = len(images)
     metrics["threshold"] = model.config.threshold
+    metrics["voxel"] = voxels.result()
     return metrics

@@ -141,8 +141,9 @@ def test_cli_score_writes_three_outputs(tiny_model_dir: Path, cohort: dict, tmp_
                              "--progress", "lines"], capture_output=True, encoding="utf-8", cwd=ROOT, timeout=300)
     assert result.returncode == 0, result.stderr
     name = image.name.removesuffix(".nii.gz")
-    assert sorted(p.name for p in out.iterdir()) == sorted(
-        [f"{name}_scores.csv", f"{name}_diff.nii.gz", f"{name}_report.png"])
+    assert sorted(p.name for p in out.iterdir()) == sorted(  # a trained model has a voxel threshold (#19)
+        [f"{name}_scores.csv", f"{name}_diff.nii.gz", f"{name}_report.png", f"{name}_anomalies.nii.gz",
+         f"{name}_components.csv"])
     assert "progress 1.000" in result.stderr
     table = read_table_csv(out / f"{name}_scores.csv")
     direct = score_image(load_model(tiny_model_dir), sitk.ReadImage(str(image), sitk.sitkFloat32),
@@ -168,6 +169,10 @@ def test_cli_evaluate_writes_json(tiny_model_dir: Path, cohort: dict, tmp_path: 
             assert 0 <= metrics[subset][score]["auroc"] <= 1
             assert 0 <= metrics[subset][score]["auprc"] <= 1
     assert "AUROC" in result.stdout and "all_slices" in result.stdout
+    # Voxel level (#19): training calibrated every map's threshold on healthy volumes only.
+    for row in metrics["voxel"]["maps"].values():
+        assert 0 <= row["auroc"] <= 1 and row["auprc"] >= 0 and row["dice"] is not None
+    assert metrics["voxel"]["maps"]["intensity"]["auroc"] > 0.8  # the generated lesions are bright
 
 
 def test_resume_after_interruption_gives_the_same_weights(cohort: dict, tmp_path: Path) -> None:

@@ -47,7 +47,8 @@ def test_huge_finite_values_are_not_called_infinite(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize(("setting", "words"), [
-    ("trian.seed=1", "no section 'trian' (sections: preprocess, mae, classifier, pseudo_abnormal, train)"),
+    ("trian.seed=1",
+     "no section 'trian' (sections: preprocess, mae, classifier, pseudo_abnormal, train, segmentation)"),
     ("train.bach_size=4", "'train' has no setting 'bach_size' (settings: mae_epochs, classifier_epochs, batch_size"),
     ("train.seed", "expected section.field=value"),
 ])

@@ -22,6 +22,7 @@ from MAEAnomalyLib.errors import MAEAnomalyError
 from MAEAnomalyLib.scoring.table import read_table_csv
 
 from .background import JobStatus, ScoringJob
+from .components import loadComponentFiles, storeComponentsOfScores
 from .results import MODULE_NAME, ROLE_BRAIN_MASK, ResultNodes
 from .volumes import image_from_volume, mask_image
 
@@ -150,6 +151,7 @@ class MAEAnomalyLogic(ResultNodes):
         model = self._load_model(resolve_model(modelPath))
         scores = score_image(model, image, mask, device=resolve_device(device), progress=progress,
                              source=inputVolume.GetName())
+        storeComponentsOfScores(self, inputVolume, scores)  # the segmentation node and components table
         return self.storeResults(inputVolume, scores.table, scores.difference, scores.threshold)
 
     def _input_images(self, inputVolume: slicer.vtkMRMLScalarVolumeNode,
@@ -198,7 +200,8 @@ class MAEAnomalyLogic(ResultNodes):
             raise
         name = volume_name(imagePath)
         out = workDir / "out"
-        outputs = {"scores": out / f"{name}_scores.csv", "difference": out / f"{name}_diff.nii.gz"}
+        outputs = {"scores": out / f"{name}_scores.csv", "difference": out / f"{name}_diff.nii.gz",
+                   "anomalies": out / f"{name}_anomalies.nii.gz", "components": out / f"{name}_components.csv"}
         return ScoringRun(job, inputVolume.GetID(), Path(modelPath), workDir, imagePath, outputs, names)
 
     def finishProcessing(self, run: ScoringRun
@@ -219,6 +222,7 @@ class MAEAnomalyLogic(ResultNodes):
             difference = sitk.ReadImage(str(outputs["difference"]), sitk.sitkFloat32)
             table = read_table_csv(outputs["scores"])
             model = self._model_folder(run.modelPath)
+            loadComponentFiles(self, inputVolume, outputs)  # the segmentation node and components table
             nodes = self.storeResults(inputVolume, table, difference, model_threshold(model))
             if "brain_mask" in outputs:
                 self.storeBrainMask(inputVolume, sitk.ReadImage(str(outputs["brain_mask"])))

@@ -14,6 +14,7 @@ from slicer.util import VTKObservationMixin
 from MAEAnomalyLib.errors import MAEAnomalyError
 from MAEAnomalyLib.shipped import shipped_models
 
+from .components import ComponentsPanel
 from .dependencies import install_dependencies, plan_dependencies
 from .logic import MAEAnomalyLogic
 from .parameters import BrainMask, MAEAnomalyParameterNode
@@ -62,6 +63,7 @@ class MAEAnomalyWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.thresholdSlider.connect("valueChanged(double)", self.onThresholdChanged)
         self.ui.mostAnomalousButton.connect("clicked(bool)", self.onJumpToMostAnomalous)
         self.ui.scoreTableView.connect("selectionChanged()", self.onTableSelectionChanged)
+        self.componentsPanel = ComponentsPanel(self.ui.resultsCollapsibleButton.layout(), self.logic)
         self.initializeParameterNode()
 
     def cleanup(self) -> None:
@@ -156,6 +158,7 @@ class MAEAnomalyWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self._parameterNode.scoreTable = self.logic.outputNode(node, ROLE_SCORES, "vtkMRMLTableNode")
             self._parameterNode.differenceVolume = self.logic.outputNode(node, ROLE_DIFFERENCE,
                                                                           "vtkMRMLScalarVolumeNode")
+            self.componentsPanel.setInput(node)
 
     def onModelChanged(self, index: int) -> None:
         name = self.ui.modelComboBox.itemData(index) or ""
@@ -250,6 +253,7 @@ class MAEAnomalyWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         p.differenceVolume = difference
         p.scoreTable = table
         self.logic.showResults(inputVolume, difference, p.overlayOpacity, p.displayThreshold)
+        self.componentsPanel.setInput(inputVolume)
         slicer.util.resetSliceViews()
         row = self.logic.jumpToMostAnomalous(table)
         columns = self.logic.tableColumns(table)

@@ -13,28 +13,37 @@ from ..files import atomic_outputs, refuse_inputs
 from ..model_io import load_model
 from .report import render_report
 from .scores import ProgressFn, VolumeScores, score_prepared
+from .segmentation import components_csv, segment
 from .table import table_to_csv
 
 
 def output_paths(out_dir: str | Path, name: str) -> dict[str, Path]:
     out_dir = Path(out_dir)
     return {"scores": out_dir / f"{name}_scores.csv", "difference": out_dir / f"{name}_diff.nii.gz",
-            "report": out_dir / f"{name}_report.png"}
+            "report": out_dir / f"{name}_report.png", "anomalies": out_dir / f"{name}_anomalies.nii.gz",
+            "components": out_dir / f"{name}_components.csv"}
 
 
 def write_score_outputs(result: VolumeScores, out_dir: str | Path, name: str,
                         protected: tuple[str | Path, ...] = (), brain_mask: sitk.Image | None = None
                         ) -> dict[str, Path]:
-    """Writes the outputs together (all or none), never over a file in ``protected``; with
-    ``brain_mask`` (one extracted here) also that mask, so that the user can see what was scored."""
+    """Writes the outputs together (all or none), never over a file in ``protected``: the anomaly label
+    map and components table only when the model has a voxel threshold; with ``brain_mask`` (one
+    extracted here) also that mask, so that the user can see what was scored."""
     paths = output_paths(out_dir, name)
     if brain_mask is not None:
         paths["brain_mask"] = Path(out_dir) / f"{name}_brainmask.nii.gz"
+    segmentation = segment(result.difference, result.prepared, result.voxel_threshold, result.segmentation)
+    if segmentation is None:
+        del paths["anomalies"], paths["components"]
     refuse_inputs(paths.values(), protected, "--out-dir")
     with atomic_outputs() as writer:
         writer.write_text(table_to_csv(result.table), paths["scores"])
         writer.write_image(result.difference, paths["difference"])
-        writer.write_bytes(render_report(result, name), paths["report"])
+        writer.write_bytes(render_report(result, name, segmentation), paths["report"])
+        if segmentation is not None:
+            writer.write_image(segmentation.labels, paths["anomalies"])
+            writer.write_text(components_csv(segmentation.components), paths["components"])
         if brain_mask is not None:
             writer.write_image(brain_mask, paths["brain_mask"])
     return paths

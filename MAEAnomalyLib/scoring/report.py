@@ -11,10 +11,12 @@ import matplotlib.pyplot as plt
 import numpy as np
 
 from .scores import VolumeScores
+from .segmentation import Segmentation, labels_at_model_size
 
 
-def render_report(result: VolumeScores, title: str, top: int = 4) -> bytes:
-    """Returns PNG bytes; slices are shown at model resolution, anterior up."""
+def render_report(result: VolumeScores, title: str, segmentation: Segmentation | None = None, top: int = 4) -> bytes:
+    """Returns PNG bytes; slices are shown at model resolution, anterior up, with the outlines of the
+    anomaly components (cyan) when a segmentation is given."""
     table = result.table
     scored = np.flatnonzero(table["skipped"] == 0)
     fig = plt.figure(figsize=(10, 6.5), dpi=100)
@@ -36,12 +38,16 @@ def render_report(result: VolumeScores, title: str, top: int = 4) -> bytes:
     ax.legend(loc="upper right", fontsize=8)
     order = scored[np.argsort(-table["score"][scored])][:top]
     vmax = float(result.difference_slices.max()) or 1.0
+    outlines = None if segmentation is None else labels_at_model_size(segmentation, result.prepared,
+                                                                       result.difference_slices.shape[-1])
     for col, k in enumerate(order):
         sub = fig.add_subplot(grid[1, col])
         image = result.prepared.slices[k, 0].numpy()
         diff = result.difference_slices[k, 0].numpy()
         sub.imshow(image, cmap="gray", vmin=0, vmax=1)
         sub.imshow(np.ma.masked_less(diff, 0.05 * vmax), cmap="hot", vmin=0, vmax=vmax, alpha=0.6)
+        if outlines is not None and outlines[k].any():
+            sub.contour(outlines[k] > 0, levels=[0.5], colors="cyan", linewidths=0.8)
         sub.set_title(f"slice {k}: {table['score'][k]:.3f}", fontsize=9)
         sub.axis("off")
     fig.tight_layout()

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import SimpleITK as sitk
 import torch
 from monai.metrics.regression import compute_ssim_and_cs
 
+from ..config import SegmentationConfig
 from ..data.io import from_canonical
 from ..data.preprocessing import PreparedVolume, prepare_image
 from ..model_io import AnomalyModel
@@ -33,6 +34,9 @@ class VolumeScores:
     threshold: float
     prepared: PreparedVolume
     difference_slices: torch.Tensor  # (Z, 1, S, S) at model resolution, for the report
+    # What the anomaly segmentation (scoring.segmentation) needs; None in models without voxel calibration.
+    voxel_threshold: float | None = None
+    segmentation: SegmentationConfig = field(default_factory=SegmentationConfig)
 
 
 def masked_ssim(recon: torch.Tensor, original: torch.Tensor, foreground: torch.Tensor) -> torch.Tensor:
@@ -116,7 +120,8 @@ def score_prepared(model: AnomalyModel, prepared: PreparedVolume, device: torch.
         "skipped": skipped.astype(int),
     }
     table["abnormal"] = ((table["score"] >= threshold) & ~skipped).astype(int)
-    return VolumeScores(table, difference_image(diff, prepared), threshold, prepared, diff)
+    return VolumeScores(table, difference_image(diff, prepared), threshold, prepared, diff, cfg.voxel_threshold,
+                        cfg.segmentation)
 
 
 def difference_image(diff: torch.Tensor, prepared: PreparedVolume) -> sitk.Image:

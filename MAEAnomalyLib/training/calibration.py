@@ -16,16 +16,19 @@ from ..scoring.position import brain_position, calibrated_rows, position_bin, re
 from ..scoring.scores import score_prepared
 from .distributed import Dist, StopControl
 from .loop import TrainingInterrupted, release_freed_memory
+from .voxel_threshold import VoxelCalibration
 
 # Healthy slices above the threshold at the target rate: fewer make the threshold one slice's score.
 MIN_SLICES_ABOVE = 10
 
 
 def healthy_rows(model: AnomalyModel, sources: Sequence[Source], dist: Dist, stop: StopControl | None,
-                 prepare_fn: Callable[..., PreparedVolume] = prepare) -> np.ndarray:
+                 prepare_fn: Callable[..., PreparedVolume] = prepare, voxels: VoxelCalibration | None = None
+                 ) -> np.ndarray:
     """(N, 3) rows of [tenth of the brain, probability, MAE error] of every usable healthy slice (with
     foreground, not labelled) of ``sources``, scored exactly as ``maeanomaly score`` scores and shared
-    among the ranks. Without ``stop`` (``calibrate``) SIGTERM is left to the caller."""
+    among the ranks. Without ``stop`` (``calibrate``) SIGTERM is left to the caller. ``voxels`` collects
+    the same volumes' foreground voxels for the voxel threshold."""
     cfg = model.config
     model.to(dist.device).eval()
     local = []
@@ -33,13 +36,16 @@ def healthy_rows(model: AnomalyModel, sources: Sequence[Source], dist: Dist, sto
         if start + dist.rank < len(sources):
             image, mask, labels = sources[start + dist.rank]
             volume = prepare_fn(image, cfg.preprocess, mask, labels, min_pixels=cfg.mae.patch_size)
-            table = score_prepared(model, volume, dist.device).table
+            result = score_prepared(model, volume, dist.device)
+            table = result.table
             usable = table["skipped"] == 0
             if volume.labelled is not None:
                 usable &= ~volume.labelled
             bins = position_bin(brain_position(table["foreground_fraction"]))
             local.append(np.stack([bins, table["probability"], table["mae_l1"]], axis=1)[usable])
-            del volume, table
+            if voxels is not None:
+                voxels.add(result, usable)
+            del volume, table, result
             release_freed_memory()
         if stop is not None and stop.poll() == StopControl.SIGNAL:
             raise TrainingInterrupted("stopped by SIGTERM during calibration (training itself is complete); "

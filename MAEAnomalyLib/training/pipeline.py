@@ -34,6 +34,7 @@ from .checkpoint import load_checkpoint, save_checkpoint
 from .distributed import Dist, StopControl, session
 from .loop import LogFn, Progress, Run, RunOptions, TrainingInterrupted
 from .stages import RECONSTRUCTION_DIR, begin_classifier, run_stages
+from .voxel_threshold import VoxelCalibration
 
 CHECKPOINT_DIR = "checkpoint"
 
@@ -148,10 +149,13 @@ def train(images: Sequence[Path], out_dir: Path, cfg: ModelConfig, device: torch
         progress, resumed = _start(model, source, out_dir, digest, dist, resume, log)
         run = _run(model, out_dir, digest, dist, stop, options, len(train_rows), log, show_progress)
         run_stages(model, train_rows, val_rows, run, progress, resumed, out_dir)
-        rows = healthy_rows(model, [volumes[i] for i in val_ids], dist, stop)
+        voxels = VoxelCalibration(cfg)
+        rows = healthy_rows(model, [volumes[i] for i in val_ids], dist, stop, voxels=voxels)
         threshold, cfg.position_reference, calibration = threshold_from_rows(
             rows, cfg.train.target_fpr, cfg.train.position_reference, strict=False)
+        calibration.update(voxels.thresholds(dist))
         cfg.threshold = threshold
+        cfg.voxel_threshold = calibration["voxel_thresholds"]["difference"]["on"]
         cfg.training_summary = {
             "train_volumes": [str(images[i]) for i in train_ids],
             "validation_volumes": [str(images[i]) for i in val_ids],

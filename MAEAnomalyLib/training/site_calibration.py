@@ -20,6 +20,7 @@ from ..files import atomic_outputs, refuse_inputs
 from ..model_io import CONFIG_NAME, WEIGHT_NAMES, load_model
 from .calibration import healthy_rows, threshold_from_rows
 from .distributed import Dist
+from .voxel_threshold import VoxelCalibration
 
 
 def _sha256(path: Path) -> str:
@@ -56,8 +57,10 @@ def calibrate_site(model_dir: Path, images: Sequence[str], masks: Sequence[str] 
         chosen = mask if mask is not None else brain_mask
         return prepare_volume(image, preprocess, chosen, labels, min_pixels, device)[0]
 
-    rows = healthy_rows(model, volumes, Dist(device=device), None, prepare_fn)
+    voxels = VoxelCalibration(cfg)
+    rows = healthy_rows(model, volumes, Dist(device=device), None, prepare_fn, voxels)
     threshold, reference, summary = threshold_from_rows(rows, fpr, cfg.train.position_reference, strict=True)
+    voxel = voxels.thresholds(Dist(device=device))
     earlier = cfg.site_calibration
     record = {
         "volumes": len(volumes), "slices": summary["validation_slices"], "target_fpr": fpr,
@@ -69,8 +72,11 @@ def calibrate_site(model_dir: Path, images: Sequence[str], masks: Sequence[str] 
         # The threshold training set, kept through any number of re-calibrations.
         "original_threshold": earlier.get("original_threshold", cfg.threshold),
         "original_position_reference": earlier.get("original_position_reference", cfg.position_reference),
+        "original_voxel_threshold": earlier.get("original_voxel_threshold", cfg.voxel_threshold),
+        "voxel_thresholds": voxel["voxel_thresholds"], "voxel_calibration_voxels": voxel["voxel_calibration_voxels"],
     }
     cfg.threshold, cfg.position_reference, cfg.site_calibration = threshold, reference, record
+    cfg.voxel_threshold = voxel["voxel_thresholds"]["difference"]["on"]
     cfg.check()
     weights = [model_dir / f"{name}.safetensors" for name in WEIGHT_NAMES]
     refuse_inputs([out / CONFIG_NAME, *(out / w.name for w in weights)],
