@@ -76,7 +76,12 @@ def _check_batch_size(args: argparse.Namespace) -> None:
 
 
 def cmd_score(args: argparse.Namespace) -> int:
+    from .cli_cohort import check_single_volume_args, score_cohort_command
+
     _check_batch_size(args)
+    if args.images is not None:
+        return score_cohort_command(args, _log, Terminated)
+    check_single_volume_args(args)
     from .runtime import resolve_device
     from .scoring.outputs import score_to_files
 
@@ -151,13 +156,23 @@ def build_parser() -> argparse.ArgumentParser:
                    help="torch.compile the training step (minutes to compile; pays off in long GPU runs)")
     p.set_defaults(func=cmd_train)
 
-    p = sub.add_parser("score", help="score every axial slice of one volume",
-                       description="Scores every axial slice of one volume and writes NAME_scores.csv, "
-                                   "NAME_diff.nii.gz and NAME_report.png to --out-dir (all or none).")
+    p = sub.add_parser("score", help="score every axial slice of one volume, or of a cohort",
+                       description="Scores every axial slice of one volume (--image) and writes NAME_scores.csv, "
+                                   "NAME_diff.nii.gz and NAME_report.png to --out-dir (all or none); with "
+                                   "--images, the same for every volume plus cohort.csv (exit code 3: some "
+                                   "volumes failed; their errors are in cohort.csv).")
     p.add_argument("--model", required=True, help="model directory (config.json and .safetensors files)")
-    p.add_argument("--image", required=True, help="the volume: NIfTI, NRRD, MetaImage, Analyze or a DICOM folder")
+    one = p.add_mutually_exclusive_group(required=True)
+    one.add_argument("--image", help="the volume: NIfTI, NRRD, MetaImage, Analyze or a DICOM folder")
+    one.add_argument("--images", nargs="+",
+                     help="a cohort: files, DICOM folders, folders of volumes, or .txt lists of paths")
     p.add_argument("--mask", help="foreground (brain) mask on the image's grid (default: found automatically)")
-    p.add_argument("--out-dir", required=True, help="folder for the three outputs (created if needed)")
+    p.add_argument("--masks", nargs="+", help="foreground masks, paired with --images in order (same forms)")
+    p.add_argument("--out-dir", required=True, help="folder for the outputs (created if needed)")
+    p.add_argument("--workers", type=int,
+                   help="with --images: processes preparing volumes ahead of the scoring (default: 2; 0: none)")
+    p.add_argument("--resume", action="store_true",
+                   help="with --images: skip volumes whose outputs an earlier run completed")
     p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"),
                    help=DEVICE_HELP)
     p.add_argument("--batch-size", type=int, default=32, help="slices per batch (each reconstructed 4 times)")
