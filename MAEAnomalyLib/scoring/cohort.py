@@ -26,8 +26,17 @@ from ..errors import MAEAnomalyError
 from ..files import atomic_outputs, refuse_inputs, write_failure
 from ..model_io import AnomalyModel, load_model
 from ..training.distributed import Dist, session
-from .cohort_table import (COHORT_CSV, OK, cohort_csv, failed_row, model_digest, output_names, record_path,
-                           volume_record, volume_row)
+from .cohort_table import (
+    COHORT_CSV,
+    OK,
+    cohort_csv,
+    failed_row,
+    model_digest,
+    output_names,
+    record_path,
+    volume_record,
+    volume_row,
+)
 from .outputs import output_paths, write_score_outputs
 from .prefetch import Volume, one_line, prefetched
 from .scores import score_prepared
