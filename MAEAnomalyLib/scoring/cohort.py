@@ -13,7 +13,9 @@ from __future__ import annotations
 import contextlib
 import sys
 import time
+from collections import deque
 from collections.abc import Callable, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -39,7 +41,7 @@ from .cohort_table import (
 )
 from .outputs import output_paths, write_score_outputs
 from .prefetch import Volume, one_line, prefetched
-from .scores import score_prepared
+from .scores import VolumeScores, score_prepared
 from .table import read_table_csv
 
 SOME_FAILED = 3  # exit code: the cohort finished, but at least one volume failed (see cohort.csv)
@@ -101,42 +103,68 @@ def complete_row(volume: Volume, out_dir: Path, record: str) -> dict | None:
     return volume_row(volume.image, volume.mask, volume.name, table)
 
 
+def _write(result: VolumeScores, volume: Volume, record: str, out_dir: Path) -> tuple[dict, float]:
+    """Writes a volume's outputs and then its record, all or none; returns its row and the seconds spent."""
+    start = time.perf_counter()
+    write_score_outputs(result, out_dir, volume.name,
+                        also=lambda writer: writer.write_text(record, record_path(out_dir, volume.name)))
+    return volume_row(volume.image, volume.mask, volume.name, result.table), time.perf_counter() - start
+
+
 def _score_share(model: AnomalyModel, share: list[Volume], records: dict[int, str], options: CohortOptions,
                  dist: Dist, log: Log, label: str) -> tuple[list[tuple[int, dict]], dict[str, float]]:
-    """Scores this rank's volumes as they come out of the workers; one row per volume."""
-    seconds = dict.fromkeys(("waiting", "preparing", "scoring", "writing"), 0.0)
+    """Scores this rank's volumes as they come out of the workers, while a thread writes the outputs of
+    the one before (so the device is not idle while PNG and NIfTI files are encoded); one row per volume."""
+    seconds = dict.fromkeys(("waiting", "preparing", "scoring", "writing", "write wait"), 0.0)
     rows: list[tuple[int, dict]] = []
     bar = tqdm(total=len(share), desc=label, unit="vol", disable=not (options.show_progress and dist.is_main),
                file=sys.stderr)
+
+    def finish(volume: Volume, row: dict | None, error: str | None) -> None:
+        if error is not None:
+            row = failed_row(volume.image, volume.mask, volume.name, error)
+            with tqdm.external_write_mode(file=sys.stderr):
+                log(f"maeanomaly: error: {error}")
+        rows.append((volume.index, row))
+        bar.update()
+
+    def collect(volume: Volume, written: Future) -> None:
+        start = time.perf_counter()
+        try:
+            row, spent = written.result()
+            seconds["writing"] += spent
+            finish(volume, row, None)
+        except Exception as exc:  # a full disk: this volume's row, not the run's end
+            finish(volume, None, one_line(exc, volume.image))
+        seconds["write wait"] += time.perf_counter() - start
+
     items = prefetched(share, model.config, options.workers)
-    with bar, contextlib.closing(items):
+    # Leaving the block waits for the writes under way, so an interruption never cuts one short.
+    with bar, contextlib.closing(items), ThreadPoolExecutor(max_workers=1) as writer:
+        pending: deque[tuple[Volume, Future]] = deque()
         while True:
             start = time.perf_counter()
             item = next(items, None)
             seconds["waiting"] += time.perf_counter() - start
             if item is None:
                 break
-            volume, error = item.volume, item.error
             seconds["preparing"] += item.seconds
-            if error is None:
-                try:
-                    start = time.perf_counter()
-                    result = score_prepared(model, item.prepared, dist.device, options.batch_size)
-                    seconds["scoring"] += time.perf_counter() - start
-                    start = time.perf_counter()
-                    record = records[volume.index]
-                    write_score_outputs(result, options.out_dir, volume.name, also=lambda writer, r=record, v=volume:
-                                        writer.write_text(r, record_path(options.out_dir, v.name)))
-                    seconds["writing"] += time.perf_counter() - start
-                    row = volume_row(volume.image, volume.mask, volume.name, result.table)
-                except Exception as exc:  # an out-of-memory, a full disk: this volume's row, not the run's end
-                    error = one_line(exc, volume.image)
-            if error is not None:
-                row = failed_row(volume.image, volume.mask, volume.name, error)
-                with tqdm.external_write_mode(file=sys.stderr):
-                    log(f"maeanomaly: error: {error}")
-            rows.append((volume.index, row))
-            bar.update()
+            if item.error is not None:
+                finish(item.volume, None, item.error)
+                continue
+            try:
+                start = time.perf_counter()
+                result = score_prepared(model, item.prepared, dist.device, options.batch_size)
+                seconds["scoring"] += time.perf_counter() - start
+            except Exception as exc:  # e.g. out of device memory: this volume's row
+                finish(item.volume, None, one_line(exc, item.volume.image))
+                continue
+            record = records[item.volume.index]
+            pending.append((item.volume, writer.submit(_write, result, item.volume, record, options.out_dir)))
+            while len(pending) > 1:
+                collect(*pending.popleft())
+        while pending:
+            collect(*pending.popleft())
     return rows, seconds
 
 
