@@ -72,7 +72,7 @@ def test_two_processes_score_each_volume_once(untrained_model_dir: Path, volumes
     assert done.stderr.count("5 volumes: 4 scored, 1 failed, 0 skipped") == 1  # rank 0 alone sums up
     assert done.stderr.count("maeanomaly: error:") == 1  # the damaged volume, by the rank that had it
     assert_same_cohort(out, single)
-    # Resuming under torchrun with everything done scores nothing and exits 0... but for the damaged one.
+    # With the damaged file gone, resuming under torchrun skips every volume and exits 0.
     (volumes / "s9.nii.gz").unlink()
     try:
         done = run(["-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",

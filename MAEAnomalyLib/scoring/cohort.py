@@ -46,6 +46,8 @@ from .table import read_table_csv
 
 SOME_FAILED = 3  # exit code: the cohort finished, but at least one volume failed (see cohort.csv)
 Log = Callable[[str], None]
+# Volumes per second even below one (tqdm's default switches to seconds per volume).
+BAR = "{l_bar}{bar}| {n_fmt}/{total_fmt} [{elapsed}<{remaining}, {rate_noinv_fmt}]"
 
 
 @dataclass
@@ -118,7 +120,7 @@ def _score_share(model: AnomalyModel, share: list[Volume], records: dict[int, st
     seconds = dict.fromkeys(("waiting", "preparing", "scoring", "writing", "write wait"), 0.0)
     rows: list[tuple[int, dict]] = []
     bar = tqdm(total=len(share), desc=label, unit="vol", disable=not (options.show_progress and dist.is_main),
-               file=sys.stderr)
+               file=sys.stderr, bar_format=BAR)
 
     def finish(volume: Volume, row: dict | None, error: str | None) -> None:
         if error is not None:
