@@ -110,3 +110,13 @@ def test_sigterm_leaves_whole_outputs_and_resume_completes(untrained_model_dir: 
     assert_same_cohort(out, single)
     assert sorted(p.name for p in out.iterdir() if p.is_file()) == sorted(
         ["cohort.csv", *(f"s{k}_{o}" for k in range(4) for o in OUTPUTS)])
+
+
+def test_cohort_speed_benchmark_prints_its_table() -> None:
+    done = run([str(ROOT / "benchmarks" / "cohort_speed.py"), "--presets", "tiny", "--volumes", "2", "--workers",
+                "0,1", "--device", "cpu"])
+    assert done.returncode == 0, done.stderr[-3000:]
+    rows = [line.split("|")[1:-1] for line in done.stdout.splitlines() if line.startswith("|  ")]
+    assert [[cell.strip() for cell in row][:4] for row in rows] == [["tiny", "fp32", "0", "2"],
+                                                                    ["tiny", "fp32", "1", "2"]]
+    assert all(float(row[5]) > 0 for row in rows)  # vol/s
