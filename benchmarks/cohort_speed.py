@@ -14,9 +14,10 @@ Run from the repository root:
 Columns: vol/s over the whole run (model loading and the first volume's warm-up included); then the
 mean seconds per volume that the scoring process spent waiting for a prepared volume (waiting) and
 scoring it (``score_prepared``: transfer, networks, difference map on the input grid); the seconds a
-thread spent writing its outputs (CSV, compressed NIfTI, PNG report, each read back) while the next
-volume was scored, and how long the scoring process then still waited for that write (write wait);
-and the seconds a worker spent reading and preparing it (alongside the rest when workers > 0).
+writing thread (``--writers``, 2) spent writing its outputs (CSV, compressed NIfTI, PNG report, each
+read back) while later volumes were scored, and how long the scoring process then still waited for
+that write (write wait); and the seconds a worker spent reading and preparing it (alongside the rest
+when workers > 0).
 """
 
 from __future__ import annotations
@@ -65,7 +66,7 @@ def bench(name: str, images: list[str], workers: int, args: argparse.Namespace, 
     if not model_dir.exists():
         save_model(AnomalyModel.from_config(cfg), model_dir)
     out = tmp / f"out-{name}-{workers}"
-    options = CohortOptions(out, device, args.batch_size, workers, show_progress=False)
+    options = CohortOptions(out, device, args.batch_size, workers, show_progress=False, writers=args.writers)
     start = time.perf_counter()
     result = score_cohort(model_dir, images, None, options, log=print)
     wall = time.perf_counter() - start
@@ -83,6 +84,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--workers", default="0,1,4", help="comma-separated worker counts (default: 0,1,4)")
     p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
     p.add_argument("--batch-size", type=int, default=32, help="scoring batch size (the CLI's default)")
+    p.add_argument("--writers", type=int, default=2, help="threads writing outputs (the CLI's: 2)")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     args = p.parse_args(argv)
     presets = [s.strip() for s in args.presets.split(",") if s.strip()]

@@ -52,7 +52,8 @@ BAR = "{l_bar}{bar}| {n_fmt}/{total_fmt} [{elapsed}<{remaining}, {rate_noinv_fmt
 
 @dataclass
 class CohortOptions:
-    """How a cohort is scored; ``workers`` prepare volumes ahead (0: in the scoring process)."""
+    """How a cohort is scored; ``workers`` processes prepare volumes ahead (0: in the scoring process),
+    ``writers`` threads write outputs while later volumes are scored (SimpleITK and zlib release the GIL)."""
 
     out_dir: Path
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
@@ -60,6 +61,7 @@ class CohortOptions:
     workers: int = 2
     resume: bool = False
     show_progress: bool = True
+    writers: int = 2
 
 
 @dataclass
@@ -115,8 +117,8 @@ def _write(result: VolumeScores, volume: Volume, record: str, out_dir: Path) -> 
 
 def _score_share(model: AnomalyModel, share: list[Volume], records: dict[int, str], options: CohortOptions,
                  dist: Dist, log: Log, label: str) -> tuple[list[tuple[int, dict]], dict[str, float]]:
-    """Scores this rank's volumes as they come out of the workers, while a thread writes the outputs of
-    the one before (so the device is not idle while PNG and NIfTI files are encoded); one row per volume."""
+    """Scores this rank's volumes as they come out of the workers, while threads write the outputs of
+    the ones before (so the device is not idle while PNG and NIfTI files are encoded); one row per volume."""
     seconds = dict.fromkeys(("waiting", "preparing", "scoring", "writing", "write wait"), 0.0)
     rows: list[tuple[int, dict]] = []
     bar = tqdm(total=len(share), desc=label, unit="vol", disable=not (options.show_progress and dist.is_main),
@@ -142,7 +144,7 @@ def _score_share(model: AnomalyModel, share: list[Volume], records: dict[int, st
 
     items = prefetched(share, model.config, options.workers)
     # Leaving the block waits for the writes under way, so an interruption never cuts one short.
-    with bar, contextlib.closing(items), ThreadPoolExecutor(max_workers=1) as writer:
+    with bar, contextlib.closing(items), ThreadPoolExecutor(max(1, options.writers)) as writer:
         pending: deque[tuple[Volume, Future]] = deque()
         while True:
             start = time.perf_counter()
@@ -163,7 +165,7 @@ def _score_share(model: AnomalyModel, share: list[Volume], records: dict[int, st
                 continue
             record = records[item.volume.index]
             pending.append((item.volume, writer.submit(_write, result, item.volume, record, options.out_dir)))
-            while len(pending) > 1:
+            while len(pending) > max(1, options.writers):
                 collect(*pending.popleft())
         while pending:
             collect(*pending.popleft())

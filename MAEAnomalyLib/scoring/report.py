@@ -4,11 +4,8 @@ from __future__ import annotations
 
 import io
 
-import matplotlib
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt
 import numpy as np
+from matplotlib.figure import Figure
 
 from .scores import VolumeScores
 
@@ -17,7 +14,8 @@ def render_report(result: VolumeScores, title: str, top: int = 4) -> bytes:
     """Returns PNG bytes; slices are shown at model resolution, anterior up."""
     table = result.table
     scored = np.flatnonzero(table["skipped"] == 0)
-    fig = plt.figure(figsize=(10, 6.5), dpi=100)
+    # A Figure of its own, not pyplot's global state: cohort scoring renders reports in several threads.
+    fig = Figure(figsize=(10, 6.5), dpi=100)
     grid = fig.add_gridspec(2, top, height_ratios=[1.0, 1.1])
     ax = fig.add_subplot(grid[0, :])
     pos = table["position_mm"]
@@ -44,5 +42,4 @@ def render_report(result: VolumeScores, title: str, top: int = 4) -> bytes:
     fig.tight_layout()
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png")
-    plt.close(fig)
     return buffer.getvalue()
