@@ -78,13 +78,18 @@ def _check_batch_size(args: argparse.Namespace) -> None:
 
 
 def cmd_score(args: argparse.Namespace) -> int:
+    from .cli_cohort import check_single_volume_args, score_cohort_command
+
     _check_batch_size(args)
+    if args.images is not None:
+        return score_cohort_command(args, _log, Terminated)
+    check_single_volume_args(args)
     from .runtime import resolve_device
     from .scoring.outputs import score_to_files
     from .shipped import resolve_model
 
     model = resolve_model(args.model)
-    result, paths, foreground = score_to_files(model, args.image, args.brain_mask, args.out_dir,
+    result, paths, foreground = score_to_files(model, args.image, args.mask or args.brain_mask, args.out_dir,
                                                resolve_device(args.device), args.batch_size,
                                                _progress_printer(args.progress))
     flagged = int(result.table["abnormal"].sum())
@@ -176,15 +181,25 @@ def build_parser() -> argparse.ArgumentParser:
                    help="torch.compile the training step (minutes to compile; pays off in long GPU runs)")
     p.set_defaults(func=cmd_train)
 
-    p = sub.add_parser("score", help="score every axial slice of one volume",
-                       description="Scores every axial slice of one volume and writes NAME_scores.csv, "
+    p = sub.add_parser("score", help="score every axial slice of one volume, or of a cohort",
+                       description="Scores every axial slice of one volume (--image) and writes NAME_scores.csv, "
                                    "NAME_diff.nii.gz, NAME_report.png and, when the model has a voxel threshold, "
-                                   "NAME_anomalies.nii.gz and NAME_components.csv to --out-dir (all or none).")
+                                   "NAME_anomalies.nii.gz and NAME_components.csv to --out-dir (all or none); with "
+                                   "--images, the same for every volume plus cohort.csv (exit code 3: some "
+                                   "volumes failed; their errors are in cohort.csv).")
     p.add_argument("--model", help=MODEL_HELP)
-    p.add_argument("--image", required=True, help="the volume: NIfTI, NRRD, MetaImage, Analyze or a DICOM folder")
+    one = p.add_mutually_exclusive_group(required=True)
+    one.add_argument("--image", help="the volume: NIfTI, NRRD, MetaImage, Analyze or a DICOM folder")
+    one.add_argument("--images", nargs="+",
+                     help="a cohort: files, DICOM folders, folders of volumes, or .txt lists of paths")
     p.add_argument("--brain-mask", default="auto", metavar="auto|none|PATH", help=BRAIN_MASK_HELP)
-    p.add_argument("--mask", dest="brain_mask", help="the same as --brain-mask PATH")
+    p.add_argument("--mask", help="with --image: the same as --brain-mask PATH")
+    p.add_argument("--masks", nargs="+", help="brain masks, paired with --images in order (same forms)")
     p.add_argument("--out-dir", required=True, help="folder for the outputs (created if needed)")
+    p.add_argument("--workers", type=int,
+                   help="with --images: processes preparing volumes ahead of the scoring (default: 2; 0: none)")
+    p.add_argument("--resume", action="store_true",
+                   help="with --images: skip volumes whose outputs an earlier run completed")
     p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"),
                    help=DEVICE_HELP)
     p.add_argument("--batch-size", type=int, default=32, help="slices per batch (each reconstructed 4 times)")

@@ -1,2 +1,3 @@
 """Scoring: per-slice scores and the difference map of a volume (``scores``), the slice table
-(``table``), the PNG report (``report``) and the files ``score`` writes (``outputs``)."""
+(``table``), the PNG report (``report``), the files ``score`` writes (``outputs``), and whole cohorts
+(``cohort``, with ``cohort_table`` and ``prefetch``)."""

@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import SimpleITK as sitk
 import torch
 
+from ..config import ModelConfig
 from ..data.brain import BRAIN_MASK_MODES, Foreground, prepare_volume
 from ..data.io import volume_name
-from ..files import atomic_outputs, refuse_inputs
+from ..data.preprocessing import PreparedVolume
+from ..files import AtomicWriter, atomic_outputs, refuse_inputs
 from ..model_io import load_model
 from .report import render_report
 from .scores import ProgressFn, VolumeScores, score_prepared
@@ -25,11 +28,12 @@ def output_paths(out_dir: str | Path, name: str) -> dict[str, Path]:
 
 
 def write_score_outputs(result: VolumeScores, out_dir: str | Path, name: str,
-                        protected: tuple[str | Path, ...] = (), brain_mask: sitk.Image | None = None
-                        ) -> dict[str, Path]:
+                        protected: tuple[str | Path, ...] = (), brain_mask: sitk.Image | None = None,
+                        also: Callable[[AtomicWriter], None] | None = None) -> dict[str, Path]:
     """Writes the outputs together (all or none), never over a file in ``protected``: the anomaly label
     map and components table only when the model has a voxel threshold; with ``brain_mask`` (one
-    extracted here) also that mask, so that the user can see what was scored."""
+    extracted here) also that mask, so that the user can see what was scored; ``also`` writes more files
+    into the same set, after the others (so that its files exist only if they do)."""
     paths = output_paths(out_dir, name)
     if brain_mask is not None:
         paths["brain_mask"] = Path(out_dir) / f"{name}_brainmask.nii.gz"
@@ -46,7 +50,18 @@ def write_score_outputs(result: VolumeScores, out_dir: str | Path, name: str,
             writer.write_text(components_csv(segmentation.components), paths["components"])
         if brain_mask is not None:
             writer.write_image(brain_mask, paths["brain_mask"])
+        if also is not None:
+            also(writer)
     return paths
+
+
+def prepare_for_scoring(image_path: str | Path, brain_mask: str | Path | None, config: ModelConfig,
+                        device: torch.device | None = None) -> tuple[PreparedVolume, sitk.Image | None]:
+    """The one place where ``score`` makes a volume ready (in the main process or in a prefetching
+    worker): the volume prepared, and the brain mask when it was extracted here (else None)."""
+    prepared, foreground = prepare_volume(image_path, config.preprocess, brain_mask,
+                                          min_pixels=config.mae.patch_size, device=device)
+    return prepared, foreground.mask if foreground.extracted else None
 
 
 def score_to_files(model_dir: str | Path, image_path: str | Path, brain_mask: str | Path | None,

@@ -4,11 +4,8 @@ from __future__ import annotations
 
 import io
 
-import matplotlib
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt
 import numpy as np
+from matplotlib.figure import Figure
 
 from .scores import VolumeScores
 from .segmentation import Segmentation, labels_at_model_size
@@ -19,7 +16,8 @@ def render_report(result: VolumeScores, title: str, segmentation: Segmentation |
     anomaly components (cyan) when a segmentation is given."""
     table = result.table
     scored = np.flatnonzero(table["skipped"] == 0)
-    fig = plt.figure(figsize=(10, 6.5), dpi=100)
+    # A Figure of its own, not pyplot's global state: cohort scoring renders reports in several threads.
+    fig = Figure(figsize=(10, 6.5), dpi=100)
     grid = fig.add_gridspec(2, top, height_ratios=[1.0, 1.1])
     ax = fig.add_subplot(grid[0, :])
     pos = table["position_mm"]
@@ -53,5 +51,4 @@ def render_report(result: VolumeScores, title: str, segmentation: Segmentation |
     fig.tight_layout()
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png")
-    plt.close(fig)
     return buffer.getvalue()
