@@ -144,3 +144,22 @@ def test_models_lists_shipped_models_and_score_uses_the_default(run_cli: Callabl
     scored = run_cli("score", "--image", str(heads[0][0]), "--brain-mask", str(heads[0][1]),
                      "--out-dir", str(tmp_path / "out"), "--device", "cpu")
     assert scored.returncode == 0 and f"model {shipped / 'brain-t1'}" in scored.stderr
+
+
+def test_a_cohort_without_masks_gets_its_brains_extracted(run_cli: Callable, heads: list, untrained_model_dir: Path,
+                                                          tmp_path: Path) -> None:
+    images = [str(h[0]) for h in heads[:2]]
+    out = tmp_path / "cohort"
+    result = run_cli("score", "--model", str(untrained_model_dir), "--images", *images, "--out-dir", str(out),
+                     "--workers", "0", "--device", "cpu")
+    assert result.returncode == 0, result.stderr
+    for image in heads[:2]:
+        mask = sitk.ReadImage(str(out / f"{image[0].name[:-len('.nii.gz')]}_brainmask.nii.gz"))
+        assert mask.GetSize() == sitk.ReadImage(str(image[0])).GetSize()
+    # Another --brain-mask is another result: --resume scores the volumes again, and none writes no mask.
+    again = run_cli("score", "--model", str(untrained_model_dir), "--images", *images, "--out-dir", str(out),
+                    "--workers", "0", "--device", "cpu", "--resume", "--brain-mask", "none")
+    assert again.returncode == 0 and "2 scored" in again.stderr, again.stderr
+    refused = run_cli("score", "--model", str(untrained_model_dir), "--images", *images, "--out-dir", str(out),
+                      "--brain-mask", str(heads[0][1]))
+    assert refused.returncode == 2 and "with --images give --masks" in refused.stderr
