@@ -40,7 +40,7 @@ class CohortVoxels:
 
     def add(self, result: VolumeScores, label_path: str | Path) -> None:
         label = read_mask(label_path, result.prepared.image, kind="label map")
-        lesion = sitk.GetArrayViewFromImage(to_canonical(label)) > 0
+        lesion = sitk.GetArrayFromImage(to_canonical(label)) > 0  # a view of a temporary image would dangle
         seg = self.cfg.segmentation
         maps = voxel_maps(result, self.cfg.preprocess)
         rows = {row: median_filtered(maps[m], seg.median_radius if v == "on" else 0)
