@@ -38,8 +38,9 @@ def volumes(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def command(model: Path, images: Path, out: Path, *extra: str) -> list[str]:
+    # The whole heads are scored (no brain extraction): these tests are about the cohort, not the brain.
     return ["-m", "MAEAnomalyLib", "score", "--model", str(model), "--images", str(images), "--out-dir", str(out),
-            "--device", "cpu", *extra]
+            "--device", "cpu", "--brain-mask", "none", *extra]
 
 
 def run(args: list[str]) -> subprocess.CompletedProcess:

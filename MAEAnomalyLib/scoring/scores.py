@@ -112,10 +112,10 @@ def score_prepared(model: AnomalyModel, prepared: PreparedVolume, device: torch.
         "probability": score,
         "mae_l1": l1,
         "mae_l1_position": calibrated(l1, fraction, reference, "mae_l1") if reference else np.full(n, np.nan),
-        "brain_position": brain_position(fraction),
         "ssim": ssim,
         "intensity_p995": intensity_p995(prepared),
         "foreground_fraction": prepared.foreground_fraction,
+        "brain_position": brain_position(fraction),
         "abnormal": np.zeros(n, dtype=int),
         "skipped": skipped.astype(int),
     }

@@ -1,0 +1,64 @@
+"""The shipped model: it is there, within its limits, loads, scores a generated volume, and the demo
+runs end to end with it."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from MAEAnomalyLib.data.synthetic import make_subject
+from MAEAnomalyLib.model_io import load_model
+from MAEAnomalyLib.scoring.scores import score_image
+from MAEAnomalyLib.shipped import DEFAULT_MODEL, models_dir, resolve_model, shipped_models
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_the_default_model_ships_with_its_card_and_within_its_size() -> None:
+    assert models_dir() == ROOT / "models"
+    names = [m.name for m in shipped_models()]
+    assert DEFAULT_MODEL in names
+    model_dir = resolve_model(None)
+    card = (model_dir / "MODEL_CARD.md").read_text()
+    for needed in ("CC BY-SA 3.0", "IXI", "maeanomaly train", "maeanomaly calibrate", "Limits"):
+        assert needed in card, needed
+    size = sum(p.stat().st_size for p in model_dir.iterdir())
+    assert size <= 30 * 2**20
+    config = json.loads((model_dir / "config.json").read_text())
+    assert config["position_reference"]["bins"] == 10
+    # Trained on IXI only: nothing from BraTS (non-commercial) may be in or behind it.
+    assert "brats" not in json.dumps(config).lower()
+
+
+def test_the_shipped_model_scores_a_generated_volume() -> None:
+    model = load_model(resolve_model(None))
+    subject = make_subject(7, lesion=True, orientation="PSR")
+    result = score_image(model, subject.image, subject.brain_mask, torch.device("cpu"))
+    table = result.table
+    brain = table["skipped"] == 0
+    assert brain.sum() > 10 and np.isfinite(table["score"][brain]).all()
+    assert np.isfinite(table["mae_l1_position"][brain]).all()
+    assert not np.array_equal(table["score"], table["probability"])  # the score is calibrated by position
+    assert result.difference.GetSize() == subject.image.GetSize()
+
+
+@pytest.mark.slow
+def test_the_demo_scores_real_anatomy_with_the_shipped_model(tmp_path: Path) -> None:
+    out = tmp_path / "demo"
+    result = subprocess.run([sys.executable, "-m", "MAEAnomalyLib", "demo", "--out-dir", str(out), "--device", "cpu"],
+                            capture_output=True, text=True, cwd=ROOT, timeout=600)
+    assert result.returncode == 0, result.stderr
+    assert "SYNTHETIC lesion" in result.stdout
+    found = json.loads((out / "demo.json").read_text())
+    assert found["healthy"]["brain_slices"] > 50
+    lesion = found["synthetic lesion"]
+    assert lesion["lesion_slices"] >= 8 and len(lesion["lesion_slice_ranks"]) == lesion["lesion_slices"]
+    for stem in ("IXI516-HH-2297_T1", "IXI516-HH-2297_synthetic_lesion"):
+        for suffix in ("_scores.csv", "_diff.nii.gz", "_report.png"):
+            assert (out / "scores" / f"{stem}{suffix}").is_file()
