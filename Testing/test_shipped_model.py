@@ -26,7 +26,7 @@ def test_the_default_model_ships_with_its_card_and_within_its_size() -> None:
     assert DEFAULT_MODEL in names
     model_dir = resolve_model(None)
     card = (model_dir / "MODEL_CARD.md").read_text()
-    for needed in ("CC BY-SA 3.0", "IXI", "maeanomaly train", "maeanomaly calibrate", "Limits"):
+    for needed in ("CC BY-SA 3.0", "IXI", "MAEAnomalyLib train", "maeanomaly calibrate", "Limits"):
         assert needed in card, needed
     size = sum(p.stat().st_size for p in model_dir.iterdir())
     assert size <= 30 * 2**20
