@@ -25,7 +25,7 @@ def test_the_default_model_ships_with_its_card_and_within_its_size() -> None:
     names = [m.name for m in shipped_models()]
     assert DEFAULT_MODEL in names
     model_dir = resolve_model(None)
-    card = (model_dir / "MODEL_CARD.md").read_text()
+    card = (model_dir / "MODEL_CARD.md").read_text(encoding="utf-8")
     for needed in ("CC BY-SA 3.0", "IXI", "MAEAnomalyLib train", "maeanomaly calibrate", "Limits"):
         assert needed in card, needed
     size = sum(p.stat().st_size for p in model_dir.iterdir())

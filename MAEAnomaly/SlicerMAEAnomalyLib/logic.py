@@ -84,12 +84,10 @@ class ScoringRun:
 def score_arguments(modelPath: str | Path, imagePath: Path, outDir: Path, device: str,
                     brainMask: str | Path | None = None) -> list[str]:
     """The ``maeanomaly score`` arguments of a run (before ``--progress``). ``modelPath`` is a model folder
-    or a shipped model's name; ``brainMask`` is ``auto``, ``none``, a mask file, or None for the CLI's
-    default."""
+    or a shipped model's name; ``brainMask`` is ``auto``, ``none``, or a mask file; None scores the head's
+    foreground, as ``process`` does without a mask (the panel always passes its choice)."""
     args = ["--model", str(modelPath), "--image", str(imagePath), "--out-dir", str(outDir), "--device", device]
-    if brainMask is not None:
-        args += ["--brain-mask", str(brainMask)]
-    return args
+    return [*args, "--brain-mask", "none" if brainMask is None else str(brainMask)]
 
 
 class MAEAnomalyLogic(ResultNodes):
@@ -180,7 +178,8 @@ class MAEAnomalyLogic(ResultNodes):
                         brainMask: str | None = None) -> ScoringRun:
         """Starts scoring in a separate process running the library's CLI; see ``ScoringRun``.
         ``maskNode`` (a volume or segmentation) is the mask when given; otherwise ``brainMask`` chooses
-        between brain extraction (``auto``) and the head's foreground (``none``), None the CLI's default."""
+        between brain extraction (``auto``) and the head's foreground (``none``, also for None, as in
+        ``process``)."""
         from MAEAnomalyLib.data.io import volume_name
 
         image, mask = self._input_images(inputVolume, maskNode)
