@@ -105,10 +105,7 @@ def native_heuristic(data: Path) -> dict:
 
 def ixi(data: Path, work: Path, args: argparse.Namespace) -> dict:
     """Trains on the first --ixi-train healthy IXI volumes; scores the rest; reports the FPR."""
-    from MAEAnomalyLib.data.preprocessing import prepare
-    from MAEAnomalyLib.model_io import load_model
-    from MAEAnomalyLib.runtime import resolve_device
-    from MAEAnomalyLib.scoring.scores import score_prepared
+    from t1_protocol import unseen_fpr  # the same count as the T1 protocol's, beside this script
 
     root = data / "ixi-t1"
     images = sorted(root.glob("IXI*_T1.nii.gz"))
@@ -117,21 +114,7 @@ def ixi(data: Path, work: Path, args: argparse.Namespace) -> dict:
     model_dir = work / f"ixi_{args.preset}"
     train_once(model_dir, ["train", "--preset", args.preset, "--out", str(model_dir), "--device", args.device,
                            "--images", *map(str, images[:n]), "--masks", *map(str, masks[:n]), *training_flags(args)])
-    model = load_model(model_dir)
-    device = resolve_device(args.device)
-    model.to(device)
-    flagged = total = 0
-    volumes_flagged = 0
-    for image, mask in zip(images[n:], masks[n:], strict=True):
-        prepared = prepare(image, model.config.preprocess, mask, min_pixels=model.config.mae.patch_size)
-        table = score_prepared(model, prepared, device).table
-        usable = table["skipped"] == 0
-        flagged += int(table["abnormal"][usable].sum())
-        total += int(usable.sum())
-        volumes_flagged += int(table["abnormal"].any())
-    return {"unseen_volumes": len(images) - n, "slices": total, "flagged_slices": flagged,
-            "false_positive_rate": flagged / max(1, total), "volumes_with_a_flagged_slice": volumes_flagged,
-            "target_fpr": model.config.train.target_fpr}
+    return unseen_fpr(model_dir, images[n:], masks[n:], args.device)
 
 
 def main_cli() -> int:

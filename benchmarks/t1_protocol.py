@@ -43,7 +43,7 @@ def unseen_fpr(model_dir: Path, images: list[Path], masks: list[Path], device_na
 
     model = load_model(model_dir)
     device = resolve_device(device_name)
-    flagged, total, per_volume = 0, 0, []
+    flagged, total, per_volume, volumes_flagged = 0, 0, [], 0
     for image, mask in zip(images, masks, strict=True):
         prepared = prepare(image, model.config.preprocess, mask, min_pixels=model.config.mae.patch_size)
         table = score_prepared(model.to(device), prepared, device).table
@@ -51,8 +51,10 @@ def unseen_fpr(model_dir: Path, images: list[Path], masks: list[Path], device_na
         flagged += int(table["abnormal"][usable].sum())
         total += int(usable.sum())
         per_volume.append(round(float(table["abnormal"][usable].mean()), 3))
+        volumes_flagged += int(table["abnormal"].any())
     return {"unseen_volumes": len(images), "slices": total, "flagged_slices": flagged,
             "false_positive_rate": flagged / max(1, total), "per_volume": per_volume,
+            "volumes_with_a_flagged_slice": volumes_flagged,
             "target_fpr": model.config.train.target_fpr}
 
 

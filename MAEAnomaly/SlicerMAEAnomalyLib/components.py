@@ -21,7 +21,7 @@ from vtk.util import numpy_support
 from MAEAnomalyLib.errors import MAEAnomalyError
 from MAEAnomalyLib.scoring.segmentation import COMPONENT_COLUMNS, read_components_csv
 
-from .results import ResultNodes
+from .results import ResultNodes, check_input_grid
 from .volumes import vtk_image
 
 ROLE_SEGMENTATION, ROLE_COMPONENTS = "anomalySegmentation", "components"
@@ -110,10 +110,7 @@ def storeComponents(nodes: ResultNodes, inputVolume: slicer.vtkMRMLScalarVolumeN
             if node is not None:
                 nodes.scene.RemoveNode(node)
         return None, None
-    dims = inputVolume.GetImageData().GetDimensions()
-    if tuple(labels.GetSize()) != tuple(dims):
-        raise MAEAnomalyError(f"anomaly label map size {labels.GetSize()} differs from the input's {dims}",
-                              inputVolume.GetName())
+    check_input_grid(labels, inputVolume, "anomaly label map")
     name = inputVolume.GetName()
     segmentation = nodes._output(inputVolume, ROLE_SEGMENTATION, "vtkMRMLSegmentationNode", f"{name} anomalies")
     if segmentation.GetDisplayNode() is None:

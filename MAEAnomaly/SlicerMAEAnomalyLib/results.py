@@ -57,6 +57,13 @@ def _plot_column(series: slicer.vtkMRMLPlotSeriesNode, table: slicer.vtkMRMLTabl
     series.SetColor(*color)
 
 
+def check_input_grid(image: sitk.Image, inputVolume: slicer.vtkMRMLScalarVolumeNode, what: str) -> None:
+    """An output image must have exactly the input volume's voxel grid size."""
+    dims = inputVolume.GetImageData().GetDimensions()
+    if tuple(image.GetSize()) != tuple(dims):
+        raise MAEAnomalyError(f"{what} size {image.GetSize()} differs from the input's {dims}", inputVolume.GetName())
+
+
 class ResultNodes:
     """Output nodes of ``scene`` (the application's scene when None), found by input and role."""
 
@@ -100,10 +107,7 @@ class ResultNodes:
                      ) -> tuple[slicer.vtkMRMLTableNode, slicer.vtkMRMLScalarVolumeNode]:
         """Writes scores and a difference map on the input's grid into the input's output nodes,
         creating them on the first run and replacing their contents afterwards."""
-        dims = inputVolume.GetImageData().GetDimensions()
-        if tuple(difference.GetSize()) != tuple(dims):
-            raise MAEAnomalyError(f"difference map size {difference.GetSize()} differs from the input's {dims}",
-                                  inputVolume.GetName())
+        check_input_grid(difference, inputVolume, "difference map")
         name = inputVolume.GetName()
         table = self._output(inputVolume, ROLE_SCORES, "vtkMRMLTableNode", f"{name} anomaly scores")
         self._fill_table(table, columns)

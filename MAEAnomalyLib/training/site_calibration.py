@@ -57,10 +57,10 @@ def calibrate_site(model_dir: Path, images: Sequence[str], masks: Sequence[str] 
         chosen = mask if mask is not None else brain_mask
         return prepare_volume(image, preprocess, chosen, labels, min_pixels, device)[0]
 
-    voxels = VoxelCalibration(cfg)
-    rows = healthy_rows(model, volumes, Dist(device=device), None, prepare_fn, voxels)
+    voxels, dist = VoxelCalibration(cfg), Dist(device=device)
+    rows = healthy_rows(model, volumes, dist, None, prepare_fn, voxels)
     threshold, reference, summary = threshold_from_rows(rows, fpr, cfg.train.position_reference, strict=True)
-    voxel = voxels.thresholds(Dist(device=device))
+    voxel = voxels.thresholds(dist)
     earlier = cfg.site_calibration
     record = {
         "volumes": len(volumes), "slices": summary["validation_slices"], "target_fpr": fpr,
