@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import argparse
+import signal
+import threading
 from collections.abc import Callable
 from pathlib import Path
 
@@ -49,7 +51,12 @@ def score_cohort_command(args: argparse.Namespace, log: Callable[[str], None],
                 f"finished volumes are complete in {args.out_dir}, the one in progress left nothing; "
                 "run again with --resume to score the rest")
         return INTERRUPTED if isinstance(exc, KeyboardInterrupt) else TERMINATED
-    if main_rank:
-        log(summary(result))
-        print(f"cohort: {result.csv_path}", flush=True)
+    # Everything is committed: a SIGTERM from here on (torchrun stops the other ranks as soon as one exits
+    # non-zero) ends the process without claiming that nothing was written.
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    if not main_rank:  # rank 0 alone carries the cohort's status, so no rank's exit races its summary
+        return 0
+    log(summary(result))
+    print(f"cohort: {result.csv_path}", flush=True)
     return result.exit_code

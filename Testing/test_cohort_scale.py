@@ -68,8 +68,12 @@ def test_two_processes_score_each_volume_once(untrained_model_dir: Path, volumes
     out = tmp_path / "ddp"
     done = run(["-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
                 *command(untrained_model_dir, volumes, out, "--workers", "1")])
-    # One volume failed: each rank exits 3, which torchrun reports (and exits 1).
-    assert done.returncode == 1 and done.stderr.count("exitcode  : 3") == 2, done.stderr[-3000:]
+    # One volume failed: rank 0 exits 3, which torchrun reports (and exits 1); rank 1 exits 0, or is stopped
+    # by torchrun if it is still shutting down, and in neither case claims that nothing was written.
+    assert done.returncode == 1 and done.stderr.count("exitcode  : 3") == 1, done.stderr[-3000:]
+    root_cause = done.stderr.split("Root Cause")[1]
+    assert "rank      : 0" in root_cause and "exitcode  : 3" in root_cause, done.stderr[-3000:]
+    assert "terminated" not in done.stderr.replace("Signal 15 (SIGTERM) received", "")
     assert done.stderr.count("5 volumes: 4 scored, 1 failed, 0 skipped") == 1  # rank 0 alone sums up
     assert done.stderr.count("maeanomaly: error:") == 1  # the damaged volume, by the rank that had it
     assert_same_cohort(out, single)
