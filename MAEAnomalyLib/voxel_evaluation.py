@@ -20,9 +20,10 @@ POST = "+post"  # row suffix: median filter and minimum component size of the mo
 
 
 def stored_thresholds(cfg: ModelConfig) -> dict[str, dict[str, float | None]]:
-    """Each map's healthy-calibrated thresholds (``off``/``on``: the median filter), as training stored
-    them; a model trained before voxel calibration has none."""
-    stored = cfg.training_summary.get("voxel_thresholds") if isinstance(cfg.training_summary, dict) else None
+    """Each map's healthy-calibrated thresholds (``off``/``on``: the median filter): the latest
+    ``calibrate``'s, else training's; a model trained before voxel calibration has none."""
+    stored = next((record["voxel_thresholds"] for record in (cfg.site_calibration, cfg.training_summary)
+                   if isinstance(record, dict) and isinstance(record.get("voxel_thresholds"), dict)), None)
     if isinstance(stored, dict):
         return {m: {v: stored.get(m, {}).get(v) for v in ("off", "on")} for m in MAPS}
     return {m: {"off": None, "on": cfg.voxel_threshold if m == "difference" else None} for m in MAPS}

@@ -22,6 +22,7 @@ from MAEAnomalyLib.errors import MAEAnomalyError
 from MAEAnomalyLib.model_io import load_model
 from MAEAnomalyLib.scoring.scores import score_prepared
 from MAEAnomalyLib.shipped import resolve_model, shipped_models
+from MAEAnomalyLib.voxel_evaluation import stored_thresholds
 
 
 @pytest.fixture
@@ -100,6 +101,9 @@ def test_calibrate_keeps_the_weights_and_moves_the_threshold_to_the_target(run_c
     assert [f["path"] for f in record["files"]] == [str(h[0]) for h in heads]
     assert all(len(f["sha256"]) == 64 for f in record["files"]) and record["date"].startswith("20")
     assert config["position_reference"]["bins"] == 10
+    # evaluate's voxel rows use the thresholds of this calibration, not training's.
+    assert stored_thresholds(load_model(out).config) == record["voxel_thresholds"]
+    assert record["voxel_thresholds"]["difference"]["on"] == config["voxel_threshold"]
     # Scored as `score` scores them, the calibration volumes are flagged at the target rate.
     model = load_model(out)
     flagged, slices = 0, 0
