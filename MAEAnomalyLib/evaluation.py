@@ -19,6 +19,7 @@ SCORES = {"score": 1.0, "probability": 1.0, "mae_l1": 1.0, "mae_l1_position": 1.
 LABELS = {"ssim": "1 - ssim", "foreground_fraction": "foreground area", "mae_l1_position": "mae_l1 by position"}
 BOOTSTRAP_SAMPLES = 2000
 AREA_STRATA = 5
+POSITION_GROUPS = 3  # bottom, middle and top thirds of the brain
 
 
 def score_columns(tables: Sequence[dict[str, np.ndarray]]) -> dict[str, float]:
@@ -101,6 +102,22 @@ def by_lesion_size(truth: np.ndarray, values: dict[str, np.ndarray], area: np.nd
     return {"normal": int((~truth).sum()), "groups": out}
 
 
+def by_position(truth: np.ndarray, values: dict[str, np.ndarray], position: np.ndarray,
+                groups: int = POSITION_GROUPS) -> list[dict]:
+    """AUROC of each score within each equal part of the brain's axial extent (``brain_position``,
+    bottom first; None where a part lacks a class): where in the brain a score wins or loses."""
+    truth = truth.astype(bool)
+    part = np.minimum((position * groups).astype(int), groups - 1)
+    out = []
+    for g in range(groups):
+        chosen = part == g
+        entry: dict = {"position": [g / groups, (g + 1) / groups], "slices": int(chosen.sum()),
+                       "abnormal": int(truth[chosen].sum())}
+        entry.update({name: _auroc(truth[chosen], v[chosen]) for name, v in values.items()})
+        out.append(entry)
+    return out
+
+
 def by_volume(table: dict[str, np.ndarray], labelled: np.ndarray, name: str, columns: dict[str, float]) -> dict:
     """One volume's slices with foreground: the AUROC of each score within the volume (None unless it
     has both classes), and the share of its normal and of its abnormal slices flagged at the threshold
@@ -149,6 +166,9 @@ def slice_metrics(tables: list[dict[str, np.ndarray]], labelled: list[np.ndarray
     if lesion_area is not None and truth[fg].sum() >= 3 and (1 - truth[fg]).sum() > 0:
         area = np.concatenate(lesion_area)[fg]
         out["by_lesion_size"] = by_lesion_size(truth[fg], {n: s * pooled[n][fg] for n, s in columns.items()}, area)
+    if all("brain_position" in t for t in tables) and 0 < truth[fg].sum() < fg.sum():
+        position = np.concatenate([t["brain_position"] for t in tables])[fg]
+        out["by_position"] = by_position(truth[fg], {n: s * pooled[n][fg] for n, s in columns.items()}, position)
     names = names or [f"volume {i + 1}" for i in range(len(tables))]
     out["by_volume"] = [by_volume(t, y, n, columns) for t, y, n in zip(tables, labelled, names, strict=True)]
     out["scores"] = list(columns)
@@ -156,8 +176,8 @@ def slice_metrics(tables: list[dict[str, np.ndarray]], labelled: list[np.ndarray
 
 
 def format_metrics(metrics: dict) -> str:
-    """A plain-text table of the metrics of each subset of slices, then ``by_lesion_size`` and
-    ``by_volume`` if present."""
+    """A plain-text table of the metrics of each subset of slices, then ``by_lesion_size``,
+    ``by_position`` and ``by_volume`` if present."""
     subsets = {k: v for k, v in metrics.items() if k.endswith("_slices")}
     names = metrics.get("scores", list(SCORES))
 
@@ -189,6 +209,14 @@ def format_metrics(metrics: dict) -> str:
         for name in names:
             cells = "".join(f"{fmt(g[name]):>24}" for g in entry["groups"])
             lines.append(f"{'by_lesion_size':<18}{LABELS.get(name, name):<20}{cells}")
+    if "by_position" in metrics:
+        parts = metrics["by_position"]
+        heads = [f"{g['position'][0]:.2f}-{g['position'][1]:.2f} ({g['slices']}, {g['abnormal']})" for g in parts]
+        lines.append("AUROC by position in the brain (0 its lowest slice, 1 its highest; slices, abnormal):")
+        lines.append(f"{'':<18}{'score':<20}" + "".join(f"{h:>24}" for h in heads))
+        for name in names:
+            lines.append(f"{'by_position':<18}{LABELS.get(name, name):<20}"
+                         + "".join(f"{fmt(g[name]):>24}" for g in parts))
     if "by_volume" in metrics:
         lines.append("Per volume (slices with foreground): AUROC within the volume, and the share of its normal "
                      "and abnormal slices flagged at the threshold:")

@@ -61,6 +61,22 @@ def test_by_lesion_size_separates_small_lesions_from_large_ones() -> None:
     assert "by_lesion_size" not in format_metrics(slice_metrics([table], [truth]))
 
 
+def test_by_position_shows_where_in_the_brain_a_score_loses() -> None:
+    # A score that ranks slices perfectly in the lower two thirds of the brain and backwards in the top third.
+    position = np.linspace(0, 1, 90)
+    truth = np.arange(90) % 2 == 1
+    score = np.where(truth, 1.0, 0.0) * np.where(position < 2 / 3, 1, -1) + position / 100
+    table = {"score": score, "mae_l1": score, "ssim": -score, "intensity_p995": score,
+             "foreground_fraction": np.full(90, 0.5), "brain_position": position,
+             "skipped": np.zeros(90, dtype=int)}
+    parts = slice_metrics([table], [truth])["by_position"]
+    assert [(p["slices"], p["abnormal"]) for p in parts] == [(30, 15), (30, 15), (30, 15)]
+    assert parts[0]["score"] == parts[1]["score"] == 1.0 and parts[2]["score"] == 0.0
+    assert "AUROC by position" in format_metrics(slice_metrics([table], [truth]))
+    del table["brain_position"]  # tables from before the column: no section
+    assert "by_position" not in slice_metrics([table], [truth])
+
+
 def test_by_volume_shows_a_volume_whose_normal_slices_all_score_high() -> None:
     # Each volume ranks its own slices perfectly, but the second one's normal slices score above the
     # first one's tumours: the pooled AUROC falls, and only the per-volume figures say where.
