@@ -110,6 +110,7 @@ class AtomicWriter:
         tmp = self.temp_path(destination)
         try:
             write(tmp)
+            os.chmod(tmp, 0o666 & ~current_umask())  # some writers (safetensors) make their file 0600 again
             whole = check(tmp)
         except (OSError, RuntimeError, ValueError, MAEAnomalyError) as exc:
             raise write_failure(destination, exc) from None

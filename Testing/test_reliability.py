@@ -223,6 +223,7 @@ def test_scores_do_not_depend_on_the_batch_size(untrained_model_dir: Path) -> No
 def test_outputs_and_cache_entries_follow_the_users_umask(tmp_path: Path) -> None:
     from MAEAnomalyLib.config import preset
     from MAEAnomalyLib.data.slice_cache import SliceCache
+    from MAEAnomalyLib.model_io import AnomalyModel, save_model
 
     subject = make_subject(5)
     image = subject.write(tmp_path / "data", "head")[0]
@@ -233,9 +234,10 @@ def test_outputs_and_cache_entries_follow_the_users_umask(tmp_path: Path) -> Non
             writer.write_image(subject.image, tmp_path / "out" / "b.nii.gz")
         cache = SliceCache(tmp_path / "cache", preset("tiny").preprocess, 8)
         entry = cache.ensure(cache.key(image), image)
+        save_model(AnomalyModel.from_config(preset("tiny")), tmp_path / "model")  # safetensors writes 0600 itself
     finally:
         os.umask(previous)
-    for path in (tmp_path / "out" / "a.csv", tmp_path / "out" / "b.nii.gz"):
+    for path in (tmp_path / "out" / "a.csv", tmp_path / "out" / "b.nii.gz", *(tmp_path / "model").iterdir()):
         assert path.stat().st_mode & 0o777 == 0o664, oct(path.stat().st_mode)
     assert entry.directory.stat().st_mode & 0o777 == 0o775
 
