@@ -41,7 +41,11 @@ class CohortVoxels:
 
     def add(self, result: VolumeScores, label_path: str | Path) -> None:
         label = read_mask(label_path, result.prepared.image, kind="label map")
-        lesion = sitk.GetArrayFromImage(to_canonical(label)) > 0  # a view of a temporary image would dangle
+        self.add_lesion(result, sitk.GetArrayFromImage(to_canonical(label)) > 0)  # a view would dangle
+
+    def add_lesion(self, result: VolumeScores, lesion: np.ndarray) -> None:
+        """Adds a scored volume with its lesion as a (Z, Y, X) bool array on the canonical grid (all
+        False for a healthy volume, which adds only false positives)."""
         seg = self.cfg.segmentation
         maps = voxel_maps(result, self.cfg.preprocess)
         rows = {row: median_filtered(maps[m], seg.median_radius if v == "on" else 0)

@@ -19,6 +19,8 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
+
 from MAEAnomalyLib.cli import main
 from MAEAnomalyLib.evaluation import evaluate_cohort, format_metrics
 
@@ -34,25 +36,6 @@ def ixi_split(data: Path) -> tuple[list[Path], list[Path], list[Path], list[Path
     return images[:TRAINED_ON], masks[:TRAINED_ON], images[TRAINED_ON:], masks[TRAINED_ON:]
 
 
-def false_positive_ml(result, cfg) -> dict[str, float]:
-    """Brain volume (mL) a healthy volume's voxel maps call anomalous at the stored thresholds, as the
-    map is (``off``) and post-processed with the model's settings (``on``)."""
-    from MAEAnomalyLib.scoring.segmentation import label_components, median_filtered
-    from MAEAnomalyLib.scoring.voxel_maps import voxel_maps, voxel_mm3
-    from MAEAnomalyLib.voxel_evaluation import POST, stored_thresholds
-
-    seg, mm3, brain = cfg.segmentation, voxel_mm3(result), result.prepared.foreground_input
-    out = {}
-    for name, values in voxel_maps(result, cfg.preprocess).items():
-        for variant, radius, smallest, row in (("off", 0, 0.0, name), ("on", seg.median_radius,
-                                                                       seg.min_component_mm3, name + POST)):
-            threshold = stored_thresholds(cfg)[name][variant]
-            if threshold is not None:
-                called = (median_filtered(values, radius) >= threshold) & brain
-                out[row] = float((label_components(called, mm3, smallest) > 0).sum() * mm3 / 1000)
-    return out
-
-
 def unseen_fpr(model_dir: Path, images: list[Path], masks: list[Path], device_name: str) -> dict:
     """The share of brain slices of unseen healthy volumes flagged at the model's threshold, and the
     brain volume each one's voxel maps call anomalous."""
@@ -60,14 +43,16 @@ def unseen_fpr(model_dir: Path, images: list[Path], masks: list[Path], device_na
     from MAEAnomalyLib.model_io import load_model
     from MAEAnomalyLib.runtime import resolve_device
     from MAEAnomalyLib.scoring.scores import score_prepared
+    from MAEAnomalyLib.voxel_evaluation import CohortVoxels
 
     model = load_model(model_dir)
     device = resolve_device(device_name)
-    flagged, total, per_volume, volumes_flagged, fp_ml = 0, 0, [], 0, []
+    voxels = CohortVoxels(model.config)  # as `evaluate` counts them; on healthy volumes, false positives only
+    flagged, total, per_volume, volumes_flagged = 0, 0, [], 0
     for image, mask in zip(images, masks, strict=True):
         prepared = prepare(image, model.config.preprocess, mask, min_pixels=model.config.mae.patch_size)
         result = score_prepared(model.to(device), prepared, device)
-        fp_ml.append(false_positive_ml(result, model.config))
+        voxels.add_lesion(result, np.zeros(prepared.foreground_input.shape, dtype=bool))
         table = result.table
         usable = table["skipped"] == 0
         flagged += int(table["abnormal"][usable].sum())
@@ -78,7 +63,8 @@ def unseen_fpr(model_dir: Path, images: list[Path], masks: list[Path], device_na
             "false_positive_rate": flagged / max(1, total), "per_volume": per_volume,
             "volumes_with_a_flagged_slice": volumes_flagged,
             "target_fpr": model.config.train.target_fpr,
-            "voxel_false_positive_ml": {row: [round(v[row], 2) for v in fp_ml] for row in fp_ml[0]},
+            "voxel_false_positive_ml": {row: [round(v, 2) for v in m.false_positive_ml]
+                                        for row, m in voxels.evaluation.maps.items() if m.threshold is not None},
             "voxel_target_fpr": model.config.segmentation.target_fpr}
 
 
