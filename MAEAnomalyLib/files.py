@@ -100,7 +100,6 @@ class AtomicWriter:
         except OSError as exc:
             raise write_failure(destination, exc) from None
         os.close(fd)
-        os.chmod(tmp, 0o666 & ~current_umask())  # mkstemp makes 0600; outputs follow the user's umask
         self._pending.append((Path(tmp), destination))
         return Path(tmp)
 
@@ -110,7 +109,8 @@ class AtomicWriter:
         tmp = self.temp_path(destination)
         try:
             write(tmp)
-            os.chmod(tmp, 0o666 & ~current_umask())  # some writers (safetensors) make their file 0600 again
+            # Outputs follow the user's umask: mkstemp makes 0600, and so do some writers (safetensors).
+            os.chmod(tmp, 0o666 & ~current_umask())
             whole = check(tmp)
         except (OSError, RuntimeError, ValueError, MAEAnomalyError) as exc:
             raise write_failure(destination, exc) from None
