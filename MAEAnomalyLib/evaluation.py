@@ -9,6 +9,8 @@ import numpy as np
 from scipy.stats import rankdata
 from sklearn.metrics import average_precision_score, roc_auc_score
 
+from .scoring.position import position_bin
+
 # Each score column and the sign that makes larger mean "more anomalous". foreground_fraction is no
 # detector: it shows how much of an AUROC the slice's brain area alone explains (tumours sit in large
 # mid-brain slices, healthy slices include the small top and bottom ones).
@@ -107,7 +109,7 @@ def by_position(truth: np.ndarray, values: dict[str, np.ndarray], position: np.n
     """AUROC of each score within each equal part of the brain's axial extent (``brain_position``,
     bottom first; None where a part lacks a class): where in the brain a score wins or loses."""
     truth = truth.astype(bool)
-    part = np.minimum((position * groups).astype(int), groups - 1)
+    part = position_bin(position, groups)
     out = []
     for g in range(groups):
         chosen = part == g

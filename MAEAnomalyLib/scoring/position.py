@@ -32,12 +32,13 @@ def brain_position(foreground_fraction: np.ndarray) -> np.ndarray:
     return out
 
 
-def position_bin(position: np.ndarray) -> np.ndarray:
-    """The tenth of the brain each slice is in (0..BINS-1); -1 for slices without foreground."""
+def position_bin(position: np.ndarray, parts: int = BINS) -> np.ndarray:
+    """The equal part of the brain's axial extent (a tenth by default) each slice is in (0..parts-1); -1
+    for slices without foreground."""
     position = np.asarray(position, dtype=float)
     bins = np.full(len(position), -1, dtype=int)
     ok = np.isfinite(position)
-    bins[ok] = np.minimum((position[ok] * BINS).astype(int), BINS - 1)
+    bins[ok] = np.minimum((position[ok] * parts).astype(int), parts - 1)
     return bins
 
 
