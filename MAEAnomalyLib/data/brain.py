@@ -32,6 +32,11 @@ class Foreground:
     extracted: bool
     how: str
 
+    @property
+    def extracted_mask(self) -> sitk.Image | None:
+        """The mask when it was extracted here (written beside the outputs), else None."""
+        return self.mask if self.extracted else None
+
 
 def is_skull_stripped(image: sitk.Image) -> bool:
     """True for a brain on a constant background plateau, of brain size."""

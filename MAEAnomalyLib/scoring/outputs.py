@@ -56,12 +56,11 @@ def write_score_outputs(result: VolumeScores, out_dir: str | Path, name: str,
 
 
 def prepare_for_scoring(image_path: str | Path, brain_mask: str | Path | None, config: ModelConfig,
-                        device: torch.device | None = None) -> tuple[PreparedVolume, sitk.Image | None]:
+                        device: torch.device | None = None) -> tuple[PreparedVolume, Foreground]:
     """The one place where ``score`` makes a volume ready (in the main process or in a prefetching
-    worker): the volume prepared, and the brain mask when it was extracted here (else None)."""
-    prepared, foreground = prepare_volume(image_path, config.preprocess, brain_mask,
-                                          min_pixels=config.mae.patch_size, device=device)
-    return prepared, foreground.mask if foreground.extracted else None
+    worker): the volume prepared, and the foreground it was scored with."""
+    return prepare_volume(image_path, config.preprocess, brain_mask, min_pixels=config.mae.patch_size,
+                          device=device)
 
 
 def score_to_files(model_dir: str | Path, image_path: str | Path, brain_mask: str | Path | None,
@@ -70,9 +69,8 @@ def score_to_files(model_dir: str | Path, image_path: str | Path, brain_mask: st
     """``maeanomaly score``: scores one volume file and writes its outputs beside none of its inputs.
     ``brain_mask`` is a mask file, "auto" or "none" (see ``data.brain.choose_foreground``)."""
     model = load_model(model_dir)
-    prepared, foreground = prepare_volume(image_path, model.config.preprocess, brain_mask,
-                                          min_pixels=model.config.mae.patch_size, device=device)
+    prepared, foreground = prepare_for_scoring(image_path, brain_mask, model.config, device)
     result = score_prepared(model.to(device), prepared, device, batch_size, progress)
     inputs = tuple(str(p) for p in (image_path, brain_mask) if p and str(p) not in BRAIN_MASK_MODES)
-    extracted = foreground.mask if foreground.extracted else None
-    return result, write_score_outputs(result, out_dir, volume_name(image_path), inputs, extracted), foreground
+    paths = write_score_outputs(result, out_dir, volume_name(image_path), inputs, foreground.extracted_mask)
+    return result, paths, foreground

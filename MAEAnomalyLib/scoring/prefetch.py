@@ -64,7 +64,8 @@ class PreparedVolumes(Dataset):
         start = time.perf_counter()
         mask = None
         try:
-            prepared, mask = prepare_for_scoring(volume.image, volume.mask or self.brain_mask, self.config)
+            prepared, foreground = prepare_for_scoring(volume.image, volume.mask or self.brain_mask, self.config)
+            mask = foreground.extracted_mask
             error = None
         except Exception as exc:  # any failure of one volume is that volume's row, not the cohort's end
             prepared, error = None, one_line(exc, volume.image)
