@@ -21,7 +21,7 @@ from vtk.util import numpy_support
 from MAEAnomalyLib.errors import MAEAnomalyError
 from MAEAnomalyLib.scoring.segmentation import COMPONENT_COLUMNS, read_components_csv
 
-from .results import ResultNodes, check_input_grid
+from .results import ResultNodes, check_input_grid, fill_table
 from .volumes import vtk_image
 
 ROLE_SEGMENTATION, ROLE_COMPONENTS = "anomalySegmentation", "components"
@@ -35,6 +35,8 @@ COLUMN_DESCRIPTIONS = {
     "centroid_s": "Centroid, superior (RAS)",
     "map_max": "Largest difference inside the component", "map_mean": "Mean difference inside the component",
 }
+COLUMN_UNITS = {"volume_mm3": "mm3", "volume_ml": "mL", **{f"centroid_{axis}": "mm" for axis in "raslp"},
+                "centroid_lps_s": "mm"}
 # Distinct colours for the first segments (largest first), then repeated.
 PALETTE = ((0.0, 0.9, 1.0), (1.0, 0.85, 0.0), (0.2, 1.0, 0.3), (1.0, 0.3, 0.9), (1.0, 0.55, 0.1),
            (0.55, 0.55, 1.0))
@@ -78,28 +80,6 @@ def _fill_segmentation(nodes: ResultNodes, segmentation: slicer.vtkMRMLSegmentat
         segment.SetColor(*PALETTE[(int(row["label"]) - 1) % len(PALETTE)])
 
 
-def _fill_table(table: slicer.vtkMRMLTableNode, rows: list[dict]) -> None:
-    contents = vtk.vtkTable()
-    for name in COMPONENT_COLUMNS:
-        array = vtk.vtkIntArray() if name in INTEGER_COLUMNS else vtk.vtkDoubleArray()
-        array.SetName(name)
-        array.SetNumberOfTuples(len(rows))
-        for k, row in enumerate(rows):
-            array.SetValue(k, int(row[name]) if name in INTEGER_COLUMNS else float(row[name]))
-        contents.AddColumn(array)
-    table.SetAndObserveTable(contents)
-    for name, description in COLUMN_DESCRIPTIONS.items():
-        table.SetColumnDescription(name, description)
-    for name in ("volume_mm3", "volume_ml", "centroid_r", "centroid_a", "centroid_s", "centroid_l", "centroid_p",
-                 "centroid_lps_s"):
-        table.SetColumnUnitLabel(name, "mL" if name == "volume_ml" else "mm3" if name == "volume_mm3" else "mm")
-    if hasattr(table, "SetUseColumnTitleAsColumnHeader"):
-        table.SetUseColumnTitleAsColumnHeader(True)
-    else:  # Slicer before 5.9
-        table.SetUseColumnNameAsColumnHeader(True)
-    table.SetLocked(True)
-
-
 def storeComponents(nodes: ResultNodes, inputVolume: slicer.vtkMRMLScalarVolumeNode, labels: sitk.Image | None,
                     rows: list[dict]) -> tuple[slicer.vtkMRMLSegmentationNode | None, slicer.vtkMRMLTableNode | None]:
     """The input's segmentation and components table from a label map on its grid and the component
@@ -119,7 +99,8 @@ def storeComponents(nodes: ResultNodes, inputVolume: slicer.vtkMRMLScalarVolumeN
     segmentation.GetDisplayNode().SetVisibility2DFill(True)
     segmentation.GetDisplayNode().SetVisibility3D(False)  # the 3D view on request: showComponentsIn3D
     table = nodes._output(inputVolume, ROLE_COMPONENTS, "vtkMRMLTableNode", f"{name} anomaly components")
-    _fill_table(table, rows)
+    fill_table(table, {name: [row[name] for row in rows] for name in COMPONENT_COLUMNS}, INTEGER_COLUMNS,
+               COLUMN_DESCRIPTIONS, COLUMN_UNITS)
     return segmentation, table
 
 

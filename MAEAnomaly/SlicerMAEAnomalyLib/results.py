@@ -4,7 +4,7 @@ so that scoring it again replaces the outputs instead of adding new ones."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
+from collections.abc import Collection, Iterator, Mapping, Sequence
 
 import numpy as np
 import SimpleITK as sitk
@@ -55,6 +55,28 @@ def _plot_column(series: slicer.vtkMRMLPlotSeriesNode, table: slicer.vtkMRMLTabl
     series.SetMarkerStyle(marker)
     series.SetLineStyle(line)
     series.SetColor(*color)
+
+
+def fill_table(table: slicer.vtkMRMLTableNode, columns: Mapping[str, Sequence], integer_columns: Collection[str],
+               descriptions: Mapping[str, str], units: Mapping[str, str]) -> None:
+    """Replaces ``table``'s contents with one int or double column per entry, described and with units,
+    titles as headers, and locks it (outputs are not edited by hand)."""
+    contents = vtk.vtkTable()
+    for name, values in columns.items():
+        array = vtk.vtkIntArray() if name in integer_columns else vtk.vtkDoubleArray()
+        array.SetName(name)
+        array.SetNumberOfTuples(len(values))
+        for k, value in enumerate(values):
+            array.SetValue(k, int(value) if name in integer_columns else float(value))
+        contents.AddColumn(array)
+    table.SetAndObserveTable(contents)
+    for name in columns:
+        if name in descriptions:
+            table.SetColumnDescription(name, descriptions[name])
+        if name in units:
+            table.SetColumnUnitLabel(name, units[name])
+    table.SetUseColumnTitleAsColumnHeader(True)
+    table.SetLocked(True)
 
 
 def check_input_grid(image: sitk.Image, inputVolume: slicer.vtkMRMLScalarVolumeNode, what: str) -> None:
@@ -110,7 +132,7 @@ class ResultNodes:
         check_input_grid(difference, inputVolume, "difference map")
         name = inputVolume.GetName()
         table = self._output(inputVolume, ROLE_SCORES, "vtkMRMLTableNode", f"{name} anomaly scores")
-        self._fill_table(table, columns)
+        fill_table(table, columns, INTEGER_COLUMNS, COLUMN_DESCRIPTIONS, {"position_mm": "mm"})
         table.SetAttribute(THRESHOLD_ATTRIBUTE, repr(float(threshold)))
 
         diff = self._output(inputVolume, ROLE_DIFFERENCE, "vtkMRMLScalarVolumeNode", f"{name} anomaly difference")
@@ -123,24 +145,6 @@ class ResultNodes:
             diff.CreateDefaultDisplayNodes()
         self._style_difference(diff)
         return table, diff
-
-    @staticmethod
-    def _fill_table(table: slicer.vtkMRMLTableNode, columns: Mapping[str, np.ndarray]) -> None:
-        contents = vtk.vtkTable()
-        for name, values in columns.items():
-            array = vtk.vtkIntArray() if name in INTEGER_COLUMNS else vtk.vtkDoubleArray()
-            array.SetName(name)
-            array.SetNumberOfTuples(len(values))
-            for k, value in enumerate(values):
-                array.SetValue(k, int(value) if name in INTEGER_COLUMNS else float(value))
-            contents.AddColumn(array)
-        table.SetAndObserveTable(contents)
-        for name in columns:
-            if name in COLUMN_DESCRIPTIONS:
-                table.SetColumnDescription(name, COLUMN_DESCRIPTIONS[name])
-        table.SetColumnUnitLabel("position_mm", "mm")
-        table.SetUseColumnTitleAsColumnHeader(True)
-        table.SetLocked(True)
 
     @staticmethod
     def tableColumns(table: slicer.vtkMRMLTableNode) -> dict[str, np.ndarray]:
@@ -241,8 +245,9 @@ class ResultNodes:
         if np.isfinite(threshold):
             positions = self.tableColumns(table)["position_mm"]
             line = self._output(inputVolume, ROLE_THRESHOLD_TABLE, "vtkMRMLTableNode", f"{name} threshold")
-            self._fill_table(line, {"position_mm": np.array([positions.min(), positions.max()]),
-                                    "threshold": np.array([threshold, threshold])})
+            fill_table(line, {"position_mm": np.array([positions.min(), positions.max()]),
+                              "threshold": np.array([threshold, threshold])},
+                       INTEGER_COLUMNS, COLUMN_DESCRIPTIONS, {"position_mm": "mm"})
             thresholdSeries = self._output(inputVolume, ROLE_THRESHOLD_SERIES, "vtkMRMLPlotSeriesNode",
                                            f"{name} threshold")
             _plot_column(thresholdSeries, line, "threshold", slicer.vtkMRMLPlotSeriesNode.MarkerStyleNone,
