@@ -86,5 +86,3 @@ def calibrate_site(model_dir: Path, images: Sequence[str], masks: Sequence[str] 
             writer.write_bytes(path.read_bytes(), out / path.name)
         writer.write_text(json.dumps(cfg.to_dict(), indent=2) + "\n", out / CONFIG_NAME)
     return record
-
-
