@@ -31,7 +31,7 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
     images, masks = expand_paths(args.images), expand_paths(args.masks)
     print(f"calibrating {model} on {len(images)} healthy volumes", file=sys.stderr, flush=True)
     record = calibrate_site(model, images, masks, args.brain_mask, Path(args.out), resolve_device(args.device),
-                            args.target_fpr)
+                            args.target_fpr, args.set)
     old = record["original_threshold"]
     print(f"threshold at a false-positive rate of {record['target_fpr']:g} on {record['slices']} healthy slices "
           f"of {record['volumes']} volumes (original threshold {old:.4f} kept in config.json); weights unchanged; "
@@ -54,6 +54,9 @@ def add_model_commands(sub: argparse._SubParsersAction, device_help: str) -> Non
                         "the head")
     p.add_argument("--out", required=True, help="the new model directory (new or empty)")
     p.add_argument("--target-fpr", type=float, help="share of healthy slices flagged (default: the model's)")
+    p.add_argument("--set", action="append", default=[], metavar="segmentation.FIELD=VALUE",
+                   help="change a segmentation setting before the voxel threshold is recalibrated, e.g. "
+                        "segmentation.smoothing_mm=5 (repeatable)")
     p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"), help=device_help)
     p.set_defaults(func=cmd_calibrate)
 

@@ -21,6 +21,8 @@ from MAEAnomalyLib.data.synthetic import make_subject
 from MAEAnomalyLib.errors import MAEAnomalyError
 from MAEAnomalyLib.model_io import load_model
 from MAEAnomalyLib.scoring.scores import score_prepared
+from MAEAnomalyLib.scoring.segmentation import median_filtered
+from MAEAnomalyLib.scoring.voxel_maps import voxel_maps
 from MAEAnomalyLib.shipped import resolve_model, shipped_models
 from MAEAnomalyLib.voxel_evaluation import stored_thresholds
 
@@ -115,6 +117,40 @@ def test_calibrate_keeps_the_weights_and_moves_the_threshold_to_the_target(run_c
         slices += int(usable.sum())
     assert slices == record["slices"]
     assert abs(flagged / slices - 0.2) <= 1 / slices + 1e-9
+
+
+def test_calibrate_recalibrates_the_voxel_threshold_for_new_segmentation_settings(
+        run_cli: Callable, heads: list, untrained_model_dir: Path, tmp_path: Path) -> None:
+    out = tmp_path / "site"
+    result = _calibrate(run_cli, untrained_model_dir, heads, out, "--target-fpr", "0.2",
+                        "--set", "segmentation.smoothing_mm=2",
+                        "--set", "segmentation.median_radius=1")
+    assert result.returncode == 0, result.stderr
+    model = load_model(out)
+    seg = model.config.segmentation
+    assert (seg.smoothing_mm, seg.median_radius) == (2.0, 1)
+    assert model.config.site_calibration["settings"] == ["segmentation.smoothing_mm=2", "segmentation.median_radius=1"]
+    # The stored threshold cuts the share it was set for of these volumes' brain voxels, on the map made
+    # with the new settings (2-mm smoothing, then the 3x3x3 median filter).
+    above, voxels = 0, 0
+    for image, brain, _ in heads:
+        result = score_prepared(model, prepare(image, model.config.preprocess, brain, min_pixels=8),
+                                torch.device("cpu"))
+        values = median_filtered(voxel_maps(result, model.config.preprocess)["difference"], 1)
+        fg = result.prepared.foreground_input
+        above += int((values[fg] >= model.config.voxel_threshold).sum())
+        voxels += int(fg.sum())
+    assert abs(above / voxels - seg.target_fpr) < 0.002
+
+
+def test_calibrate_changes_no_setting_the_networks_were_trained_with(run_cli: Callable, heads: list,
+                                                                     untrained_model_dir: Path,
+                                                                     tmp_path: Path) -> None:
+    out = tmp_path / "site"
+    result = _calibrate(run_cli, untrained_model_dir, heads, out, "--set", "train.score_reconstructions=2")
+    assert result.returncode == 2 and not out.exists()
+    assert result.stderr.strip().splitlines()[-1].endswith(
+        "calibrate changes segmentation settings only; the networks were trained with the others")
 
 
 def test_calibrate_with_too_few_slices_says_how_many_are_needed(run_cli: Callable, heads: list,

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import torch
 
+from ..config import apply_overrides
 from ..data.brain import prepare_volume
 from ..data.inputs import sources as pair_sources
 from ..errors import MAEAnomalyError
@@ -42,11 +43,18 @@ def check_calibration_out(out: Path, model_dir: Path) -> None:
 
 
 def calibrate_site(model_dir: Path, images: Sequence[str], masks: Sequence[str] | None, brain_mask: str,
-                   out: Path, device: torch.device, target_fpr: float | None = None) -> dict:
+                   out: Path, device: torch.device, target_fpr: float | None = None,
+                   settings: Sequence[str] = ()) -> dict:
     """Writes ``out``: the model's weights unchanged and a config whose position reference and threshold
-    come from ``images`` (healthy volumes of one site). Returns the calibration record."""
+    come from ``images`` (healthy volumes of one site), after ``settings`` (``segmentation.field=value``:
+    how the voxel map is made and cut, which the voxel threshold depends on). Returns the calibration record."""
     check_calibration_out(out, model_dir)
     model = load_model(model_dir)
+    for item in settings:
+        if not item.startswith("segmentation."):
+            raise MAEAnomalyError(f"--set {item}: calibrate changes segmentation settings only; the networks "
+                                  "were trained with the others")
+    apply_overrides(model.config, settings)  # before scoring: the difference map depends on them
     cfg = copy.deepcopy(model.config)
     fpr = cfg.train.target_fpr if target_fpr is None else target_fpr
     if not 0 < fpr < 1:
@@ -74,6 +82,7 @@ def calibrate_site(model_dir: Path, images: Sequence[str], masks: Sequence[str] 
         "original_position_reference": earlier.get("original_position_reference", cfg.position_reference),
         "original_voxel_threshold": earlier.get("original_voxel_threshold", cfg.voxel_threshold),
         "voxel_thresholds": voxel["voxel_thresholds"], "voxel_calibration_voxels": voxel["voxel_calibration_voxels"],
+        "settings": list(settings),
     }
     cfg.threshold, cfg.position_reference, cfg.site_calibration = threshold, reference, record
     cfg.voxel_threshold = voxel["voxel_thresholds"]["difference"]["on"]

@@ -1,0 +1,135 @@
+"""How ``segmentation.smoothing_mm`` is chosen: on synthetic lesions implanted in unseen healthy volumes,
+never on a real anomaly.
+
+    python benchmarks/voxel_smoothing.py ../shared/data [--model brain-t1] [--sigmas 0,2,3,4,5,6,8]
+
+For each smoothing (mm), the voxel threshold is calibrated as training does: ``segmentation.target_fpr``
+of the brain voxels of the model's held-out healthy IXI volumes (``validation_volumes`` of its training
+summary). The 10 IXI volumes the T1 protocol never trains on then give the false-positive volume per
+healthy subject, and the same 10 with one or two synthetic lesions each give the voxel AUROC, AUPRC and
+Dice at that threshold, pooled. A synthetic lesion is a smooth ellipsoid (semi-axes 6-20 mm, scaled
+0.75-1.25 per axis) inside the brain whose intensity is multiplied by 0.55-0.8 or by 1.25-1.6 (one
+factor per lesion, either side equally likely); seeds are fixed. The intensity map is the baseline, on
+the same voxels. Each volume is scored once; every smoothing is applied to its signed residual.
+Skips with a message (exit 0) when the data folder is absent.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import dataclasses
+import os
+import sys
+from pathlib import Path
+
+import numpy as np
+import SimpleITK as sitk
+from scipy.ndimage import binary_erosion, gaussian_filter
+
+from MAEAnomalyLib.data.io import read_mask, read_volume, to_canonical
+from MAEAnomalyLib.data.preprocessing import prepare_image
+from MAEAnomalyLib.model_io import load_model
+from MAEAnomalyLib.runtime import resolve_device
+from MAEAnomalyLib.scoring.scores import VolumeScores, difference_image, score_prepared
+from MAEAnomalyLib.shipped import resolve_model
+from MAEAnomalyLib.training.distributed import Dist
+from MAEAnomalyLib.training.voxel_threshold import VoxelCalibration
+from MAEAnomalyLib.voxel_evaluation import CohortVoxels
+
+UNSEEN_FROM = 30  # as benchmarks/t1_protocol.py: the last 10 IXI volumes in sorted order are never trained on
+
+
+def implant_lesions(image: sitk.Image, brain: sitk.Image, seed: int) -> tuple[sitk.Image, sitk.Image]:
+    """The image with one or two synthetic lesions inside the brain, and their label map (weight > 0.5)."""
+    rng = np.random.default_rng(seed)
+    volume = sitk.GetArrayFromImage(image).astype(np.float32)
+    inside = sitk.GetArrayFromImage(brain) > 0
+    spacing = np.array(image.GetSpacing())[::-1]  # array (k, j, i) order
+    grid = np.meshgrid(*(np.arange(n, dtype=np.float32) for n in volume.shape), indexing="ij")
+    centres = np.argwhere(binary_erosion(inside, iterations=4))
+    factor, label = np.ones(volume.shape, np.float32), np.zeros(volume.shape, bool)
+    for _ in range(rng.integers(1, 3)):
+        centre = centres[rng.integers(len(centres))].astype(np.float32)
+        semi_axes = rng.uniform(6, 20) * rng.uniform(0.75, 1.25, 3)
+        r = np.sqrt(sum(((g - c) * d / a) ** 2 for g, c, d, a in zip(grid, centre, spacing, semi_axes, strict=True)))
+        weight = gaussian_filter((np.clip(1.5 - r, 0, 1) * inside).astype(np.float32), 0.7)  # 1 within r 0.5
+        scale = rng.uniform(0.55, 0.8) if rng.random() < 0.5 else rng.uniform(1.25, 1.6)
+        factor *= 1 + (scale - 1) * weight
+        label |= (weight > 0.5) & inside
+    lesioned, label_image = sitk.GetImageFromArray(volume * factor), sitk.GetImageFromArray(label.astype(np.uint8))
+    lesioned.CopyInformation(image)
+    label_image.CopyInformation(image)
+    return lesioned, label_image
+
+
+def smoothed(result: VolumeScores, sigma: float) -> VolumeScores:
+    """The scored volume with its difference map made at another smoothing."""
+    assert result.residual is not None
+    diff = result.difference_slices
+    return dataclasses.replace(result, difference=difference_image(diff, result.residual, result.prepared, sigma))
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("data", nargs="?", default=os.environ.get("MAEANOMALY_DATA", "../shared/data"))
+    parser.add_argument("--model", default="brain-t1")
+    parser.add_argument("--sigmas", default="0,2,3,4,5,6,8")
+    parser.add_argument("--device", default="auto")
+    args = parser.parse_args()
+    ixi = Path(args.data) / "ixi-t1"
+    if not ixi.is_dir():
+        print(f"skipped: no ixi-t1/ in {args.data}")
+        return 0
+    model = load_model(resolve_model(args.model))
+    cfg, device = model.config, resolve_device(args.device)
+    model.to(device).eval()
+    held = [ixi / Path(p).name for p in cfg.training_summary["validation_volumes"]]
+    unseen = sorted(ixi.glob("IXI*_T1.nii.gz"))[UNSEEN_FROM:]
+
+    def score(image: sitk.Image, brain: sitk.Image, name: str) -> VolumeScores:
+        prepared = prepare_image(image, cfg.preprocess, brain, source=name, min_pixels=cfg.mae.patch_size)
+        return score_prepared(model, prepared, device)
+
+    def brain_of(path: Path) -> tuple[sitk.Image, sitk.Image]:
+        image = read_volume(path)
+        return image, read_mask(path.with_name(path.name.replace("_T1", "_brainmask")), image)
+
+    calibration = [score(*brain_of(p), str(p)) for p in held]
+    healthy, lesioned = [], []
+    for k, path in enumerate(unseen):
+        image, brain = brain_of(path)
+        healthy.append(score(image, brain, str(path)))
+        with_lesions, label = implant_lesions(image, brain, seed=100 + k)
+        lesioned.append((score(with_lesions, brain, f"{path} with lesions"),
+                         sitk.GetArrayFromImage(to_canonical(label)) > 0))
+    print(f"model {args.model}: thresholds on {len(held)} held-out IXI volumes, false positives on {len(unseen)} "
+          f"unseen ones, synthetic lesions in the same {len(unseen)}")
+    print("'+post': components under the model's min_component_mm3 dropped; the intensity map is printed once")
+    print(f"{'smoothing mm':>12} {'map':>10} {'threshold':>9} {'AUROC':>6} {'AUPRC':>6} {'Dice@thr':>8} "
+          f"{'+post':>6} {'FP mL/healthy':>13} {'+post':>6}")
+    sigmas = [float(s) for s in args.sigmas.split(",")]
+    first = sigmas[0]
+    for sigma in sigmas:
+        variant = copy.deepcopy(cfg)
+        variant.segmentation.smoothing_mm = sigma
+        voxels = VoxelCalibration(variant)
+        for result in calibration:
+            voxels.add(smoothed(result, sigma), result.table["skipped"] == 0)
+        variant.site_calibration = {"voxel_thresholds": voxels.thresholds(Dist())["voxel_thresholds"]}
+        tests, negatives = CohortVoxels(variant), CohortVoxels(variant)
+        for result, lesion in lesioned:
+            tests.add_lesion(smoothed(result, sigma), lesion)
+        for result in healthy:
+            negatives.add_lesion(smoothed(result, sigma), np.zeros(result.prepared.foreground_input.shape, bool))
+        found, false = tests.result()["maps"], negatives.evaluation.maps
+        for name in ("difference", "intensity") if sigma == first else ("difference",):
+            row, post = found[name], found[name + "+post"]
+            fp = [np.mean(false[n].false_positive_ml) for n in (name, name + "+post")]
+            print(f"{sigma:>12g} {name:>10} {row['threshold']:>9.4f} {row['auroc']:>6.3f} {row['auprc']:>6.3f} "
+                  f"{row['dice']:>8.3f} {post['dice']:>6.3f} {fp[0]:>13.2f} {fp[1]:>6.2f}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
