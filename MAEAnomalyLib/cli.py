@@ -147,6 +147,9 @@ def cmd_demo(args: argparse.Namespace) -> int:
     print(f"with a SYNTHETIC lesion (inserted by the demo, not a real one): the {lesion['lesion_slices']} slices "
           f"holding it rank {lesion['lesion_slice_ranks']} of {lesion['brain_slices']} brain slices by score, "
           f"{lesion['lesion_slices_flagged']} of them flagged; {lesion['flagged']} slices flagged in all")
+    print(f"anomaly segmentation: healthy volume {healthy['components']} components, {healthy['components_ml']} mL; "
+          f"with the lesion {lesion['components']} components, {lesion['components_ml']} mL, outlining "
+          f"{lesion['lesion_outlined']:.0%} of the lesion's {lesion['lesion_ml']} mL")
     print(f"demo finished in {seconds:.0f} s; outputs in {out}")
     return 0
 

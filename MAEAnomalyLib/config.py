@@ -126,13 +126,12 @@ class SegmentationConfig:
 
     # Share of the held-out healthy foreground voxels above the voxel threshold (its 99th percentile).
     target_fpr: float = 0.01
-    # Standard deviation (mm) of the 3D Gaussian applied, inside the foreground, to the signed difference
-    # (reconstruction - original) before its magnitude becomes the map; 0: the per-voxel |reconstruction -
-    # original|. A lesion's residual keeps its sign over the lesion and survives; the reconstruction's
-    # fine-detail errors change sign from voxel to voxel and cancel. 5 mm located synthetic lesions in
-    # unseen healthy IXI volumes best (benchmarks/voxel_smoothing.py); a model saved without the field
-    # was calibrated on the per-voxel map and loads with 0.
-    smoothing_mm: float = 5.0
+    # Standard deviation (mm) of the 3D Gaussian that averages |reconstruction - original| inside the
+    # foreground (0: per voxel). A lesion raises the error over its whole extent; healthy fine detail
+    # raises it at scattered voxels, which the average spreads thin. 6 mm located synthetic lesions (blobs
+    # and rings) in unseen healthy IXI volumes best (benchmarks/voxel_smoothing.py); a model saved without
+    # the field was calibrated on the per-voxel map and loads with 0.
+    smoothing_mm: float = 6.0
     # Radius in voxels of the 3D median filter applied to the map before thresholding (0: off). On unseen
     # healthy IXI and generated heads a 3x3x3 filter (radius 1) raised the false-positive volume per subject
     # (benchmarks/README.md).

@@ -95,7 +95,9 @@ def run_demo(out: Path, device_name: str, log: Callable[[str], None],
     """Scores the bundled healthy volume and its lesioned copy with the shipped model (through the
     command line itself, ``run_cli``); returns what the demo found and the seconds taken."""
     import numpy as np
+    import SimpleITK as sitk
 
+    from .scoring.segmentation import read_components_csv
     from .scoring.table import read_table_csv
 
     prepare_folder(out)
@@ -105,7 +107,7 @@ def run_demo(out: Path, device_name: str, log: Callable[[str], None],
         raise MAEAnomalyError("the bundled sample volume is missing; reinstall, or run 'maeanomaly demo --train'",
                               image)
     log(f"1/3 inserting a synthetic lesion into a copy of {image.name} (healthy; never seen by the model)")
-    lesioned, _, lesion_slices = write_lesioned(image, mask, out / "data")
+    lesioned, label_path, lesion_slices = write_lesioned(image, mask, out / "data")
     found: dict = {}
     for step, (name, path) in enumerate((("healthy", image), ("synthetic lesion", lesioned)), start=2):
         log(f"{step}/3 scoring the {name} volume with the shipped model")
@@ -113,8 +115,15 @@ def run_demo(out: Path, device_name: str, log: Callable[[str], None],
                  "--device", device_name])
         table = read_table_csv(out / "scores" / f"{path.name[:-len('.nii.gz')]}_scores.csv")
         brain = table["skipped"] == 0
+        components = read_components_csv(str(out / "scores" / f"{path.name[:-len('.nii.gz')]}_components.csv"))
         found[name] = {"brain_slices": int(brain.sum()), "flagged": int(table["abnormal"][brain].sum()),
-                       "table": table}
+                       "table": table, "components": len(components),
+                       "components_ml": round(sum(c["volume_ml"] for c in components), 2)}
+    # How much of the inserted lesion the anomaly segmentation outlines (both on the input's grid).
+    called = sitk.GetArrayFromImage(sitk.ReadImage(str(out / "scores" / f"{SAMPLE}_synthetic_lesion_anomalies.nii.gz")))
+    truth = sitk.GetArrayFromImage(sitk.ReadImage(str(label_path))) > 0
+    found["synthetic lesion"].update({"lesion_ml": round(float(truth.sum() * np.prod(sitk.ReadImage(
+        str(label_path)).GetSpacing())) / 1000, 2), "lesion_outlined": round(float((called[truth] > 0).mean()), 3)})
     table = found["synthetic lesion"].pop("table")
     found["healthy"].pop("table")
     labelled = np.isin(table["slice_index"], lesion_slices)

@@ -59,6 +59,8 @@ def test_the_demo_scores_real_anatomy_with_the_shipped_model(tmp_path: Path) -> 
     assert found["healthy"]["brain_slices"] > 50
     lesion = found["synthetic lesion"]
     assert lesion["lesion_slices"] >= 8 and len(lesion["lesion_slice_ranks"]) == lesion["lesion_slices"]
+    assert 5 < lesion["lesion_ml"] < 8  # a 12-mm ball (7.2 mL) on 2-mm voxels
+    assert 0 <= lesion["lesion_outlined"] <= 1 and "anomaly segmentation:" in result.stdout
     for stem in ("IXI516-HH-2297_T1", "IXI516-HH-2297_synthetic_lesion"):
         for suffix in ("_scores.csv", "_diff.nii.gz", "_report.png"):
             assert (out / "scores" / f"{stem}{suffix}").is_file()

@@ -38,8 +38,6 @@ class VolumeScores:
     # What the anomaly segmentation (scoring.segmentation) needs; None in models without voxel calibration.
     voxel_threshold: float | None = None
     segmentation: SegmentationConfig = field(default_factory=SegmentationConfig)
-    # (Z, 1, S, S) mean signed reconstruction - original, inside the foreground: the smoothed map's source.
-    residual: torch.Tensor | None = None
 
 
 def masked_ssim(recon: torch.Tensor, original: torch.Tensor, foreground: torch.Tensor) -> torch.Tensor:
@@ -83,7 +81,6 @@ def score_prepared(model: AnomalyModel, prepared: PreparedVolume, device: torch.
     keep = np.flatnonzero(~skipped)
     score, l1, ssim = np.zeros(n), np.zeros(n), np.ones(n)
     diff = torch.zeros_like(prepared.slices)
-    residual = torch.zeros_like(prepared.slices)
     step = max(1, batch_size // samples)
     for start in range(0, len(keep), step):
         idx = keep[start:start + step]
@@ -98,7 +95,6 @@ def score_prepared(model: AnomalyModel, prepared: PreparedVolume, device: torch.
             difference = (recon - tiled_images).abs()
             probs = anomaly_probability(model.classifier(classifier_input(difference, tiled_fg, cfg.classifier)))
         mean_difference = difference.view(samples, len(idx), *difference.shape[1:]).mean(dim=0)
-        residual[idx] = ((recon - tiled_images).view(samples, len(idx), *recon.shape[1:]).mean(dim=0) * fg).cpu()
         score[idx] = probs.view(samples, -1).mean(dim=0).cpu().numpy()
         l1[idx] = masked_mean(mean_difference, fg).cpu().numpy()
         ssim[idx] = masked_ssim(recon, tiled_images, tiled_fg).view(samples, -1).mean(dim=0).cpu().numpy()
@@ -125,9 +121,8 @@ def score_prepared(model: AnomalyModel, prepared: PreparedVolume, device: torch.
         "skipped": skipped.astype(int),
     }
     table["abnormal"] = ((table["score"] >= threshold) & ~skipped).astype(int)
-    difference = difference_image(diff, residual, prepared, cfg.segmentation.smoothing_mm)
-    return VolumeScores(table, difference, threshold, prepared, diff, cfg.voxel_threshold, cfg.segmentation,
-                        residual)
+    difference = difference_image(diff, prepared, cfg.segmentation.smoothing_mm)
+    return VolumeScores(table, difference, threshold, prepared, diff, cfg.voxel_threshold, cfg.segmentation)
 
 
 def smoothed_in_foreground(values: np.ndarray, foreground: np.ndarray, sigma_mm: float,
@@ -141,23 +136,18 @@ def smoothed_in_foreground(values: np.ndarray, foreground: np.ndarray, sigma_mm:
     return np.divide(total, weight, out=np.zeros_like(total), where=foreground & (weight > 0))
 
 
-def difference_image(diff: torch.Tensor, residual: torch.Tensor, prepared: PreparedVolume,
-                     smoothing_mm: float) -> sitk.Image:
-    """The difference map on the input grid, zero outside the foreground: the model-resolution
-    |reconstruction - original| (``diff``) when ``smoothing_mm`` is 0, else the magnitude of the signed
-    ``residual`` smoothed in 3D inside the foreground (``SegmentationConfig.smoothing_mm``)."""
+def difference_image(diff: torch.Tensor, prepared: PreparedVolume, smoothing_mm: float) -> sitk.Image:
+    """The model-resolution |reconstruction - original| (``diff``) on the input grid, zero outside the
+    foreground, averaged in 3D inside it by a Gaussian of ``smoothing_mm`` (0: per voxel)."""
     on_canonical = np.zeros(prepared.foreground_input.shape, dtype=np.float32)
     scored = np.flatnonzero(prepared.foreground_fraction > 0)  # skipped slices stay zero, at no cost
-    if not len(scored):
-        return from_canonical(on_canonical, prepared.image)
-    if smoothing_mm <= 0:
+    if len(scored):
         resized = prepared.to_input_grid(diff[scored])
         on_canonical[scored] = np.clip(resized, 0, None) * prepared.foreground_input[scored]
-        return from_canonical(on_canonical, prepared.image)
-    on_canonical[scored] = prepared.to_input_grid(residual[scored])
-    smoothed = smoothed_in_foreground(on_canonical, prepared.foreground_input, smoothing_mm,
-                                      prepared.canonical.GetSpacing())
-    return from_canonical(np.abs(smoothed), prepared.image)
+    if smoothing_mm > 0:
+        on_canonical = smoothed_in_foreground(on_canonical, prepared.foreground_input, smoothing_mm,
+                                              prepared.canonical.GetSpacing())
+    return from_canonical(on_canonical, prepared.image)
 
 
 def score_image(model: AnomalyModel, image: sitk.Image, mask: sitk.Image | None = None,
