@@ -133,8 +133,8 @@ class SegmentationConfig:
     # the field was calibrated on the per-voxel map and loads with 0.
     smoothing_mm: float = 6.0
     # Radius in voxels of the 3D median filter applied to the map before thresholding (0: off). On unseen
-    # healthy IXI and generated heads a 3x3x3 filter (radius 1) raised the false-positive volume per subject
-    # (benchmarks/README.md).
+    # healthy IXI a 3x3x3 filter (radius 1) raised the per-voxel map's false-positive volume per subject
+    # and left the 6-mm average's unchanged (benchmarks/README.md).
     median_radius: int = 0
     # Connected components smaller than this (mm³) are dropped after thresholding (0: keep all). The size
     # of a 5.8-mm sphere: the largest dropped a priori; larger sizes lower healthy false positives further
