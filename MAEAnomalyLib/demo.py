@@ -120,10 +120,12 @@ def run_demo(out: Path, device_name: str, log: Callable[[str], None],
                        "table": table, "components": len(components),
                        "components_ml": round(sum(c["volume_ml"] for c in components), 2)}
     # How much of the inserted lesion the anomaly segmentation outlines (both on the input's grid).
-    called = sitk.GetArrayFromImage(sitk.ReadImage(str(out / "scores" / f"{SAMPLE}_synthetic_lesion_anomalies.nii.gz")))
-    truth = sitk.GetArrayFromImage(sitk.ReadImage(str(label_path))) > 0
-    found["synthetic lesion"].update({"lesion_ml": round(float(truth.sum() * np.prod(sitk.ReadImage(
-        str(label_path)).GetSpacing())) / 1000, 2), "lesion_outlined": round(float((called[truth] > 0).mean()), 3)})
+    label = sitk.ReadImage(str(label_path))
+    truth = sitk.GetArrayFromImage(label) > 0
+    anomalies = out / "scores" / f"{SAMPLE}_synthetic_lesion_anomalies.nii.gz"
+    called = sitk.GetArrayFromImage(sitk.ReadImage(str(anomalies))) > 0
+    found["synthetic lesion"].update({"lesion_ml": round(float(truth.sum() * np.prod(label.GetSpacing())) / 1000, 2),
+                                      "lesion_outlined": round(float(called[truth].mean()), 3)})
     table = found["synthetic lesion"].pop("table")
     found["healthy"].pop("table")
     labelled = np.isin(table["slice_index"], lesion_slices)
