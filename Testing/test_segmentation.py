@@ -139,7 +139,7 @@ def test_segmentation_settings_are_checked_and_old_configs_load(untrained_model_
     old = ModelConfig.from_dict(data)
     # Saved before smoothing existed: its maps were per voxel, and stay so.
     assert old.voxel_threshold is None and old.segmentation == SegmentationConfig(smoothing_mm=0.0)
-    assert ModelConfig().segmentation.smoothing_mm == 5.0
+    assert ModelConfig().segmentation.smoothing_mm == 6.0
     with pytest.raises(ValueError, match=r"segmentation\.smoothing_mm"):
         ModelConfig.from_dict({**data, "segmentation": {"smoothing_mm": -1.0}})
     with pytest.raises(ValueError, match="voxel_threshold"):
