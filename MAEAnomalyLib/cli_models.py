@@ -56,7 +56,7 @@ def add_model_commands(sub: argparse._SubParsersAction, device_help: str) -> Non
     p.add_argument("--target-fpr", type=float, help="share of healthy slices flagged (default: the model's)")
     p.add_argument("--set", action="append", default=[], metavar="segmentation.FIELD=VALUE",
                    help="change a segmentation setting before the voxel threshold is recalibrated, e.g. "
-                        "segmentation.smoothing_mm=6 (repeatable)")
+                        "segmentation.spread_floor=0.05 (repeatable)")
     p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"), help=device_help)
     p.set_defaults(func=cmd_calibrate)
 

@@ -121,20 +121,25 @@ class TrainConfig:
 class SegmentationConfig:
     """How the difference map becomes an anomaly segmentation (``voxel_threshold``, ``scoring.segmentation``).
 
-    Every default was chosen on healthy volumes alone, ``smoothing_mm`` on synthetic lesions implanted in
-    them (README, *Anomaly segmentation*)."""
+    Every default was chosen on healthy volumes alone, ``spread_floor`` and ``smoothing_mm`` on synthetic
+    lesions implanted in them (README, *Anomaly segmentation*)."""
 
     # Share of the held-out healthy foreground voxels above the voxel threshold (its 99th percentile).
     target_fpr: float = 0.01
-    # Standard deviation (mm) of the 3D Gaussian that averages |reconstruction - original| inside the
-    # foreground (0: per voxel). A lesion raises the error over its whole extent; healthy fine detail
-    # raises it at scattered voxels, which the average spreads thin. 6 mm located synthetic lesions (blobs
-    # and rings) in unseen healthy IXI volumes best (benchmarks/voxel_smoothing.py); a model saved without
-    # the field was calibrated on the per-voxel map and loads with 0.
-    smoothing_mm: float = 6.0
+    # The map divides |reconstruction - original| by (the spread of the MAE's predictions + this floor):
+    # the error counts less where the MAE is unsure of healthy anatomy (tissue edges), more where it
+    # predicts with confidence and is wrong (0: not divided). The floor keeps pixels the MAE is sure of
+    # from dividing by almost nothing.
+    spread_floor: float = 0.05
+    # Standard deviation (mm) of the 3D Gaussian that averages the map inside the foreground (0: per
+    # voxel). A lesion raises it over its whole extent; healthy fine detail at scattered voxels, which the
+    # average spreads thin. Floor and smoothing together located synthetic lesions (blobs and rings) in
+    # unseen healthy IXI volumes best (benchmarks/voxel_smoothing.py). A model saved without a field was
+    # calibrated on a map made without it, and loads with 0.
+    smoothing_mm: float = 8.0
     # Radius in voxels of the 3D median filter applied to the map before thresholding (0: off). On unseen
-    # healthy IXI a 3x3x3 filter (radius 1) raised the per-voxel map's false-positive volume per subject
-    # and left the 6-mm average's unchanged (benchmarks/README.md).
+    # healthy IXI it raised the per-voxel map's false-positive volume per subject; on the default map it
+    # lowers it slightly and steadily with the radius, as any shrinking does (benchmarks/README.md).
     median_radius: int = 0
     # Connected components smaller than this (mm³) are dropped after thresholding (0: keep all). The size
     # of a 5.8-mm sphere: the largest dropped a priori; larger sizes lower healthy false positives further
@@ -182,8 +187,8 @@ class ModelConfig:
         if not all(isinstance(data.get(n, {}), dict) for n in sections):
             raise ValueError("every section must be a JSON object")
         data = without_removed(data)
-        # Saved before smoothing existed: its difference map, and any voxel threshold, were per voxel.
-        data["segmentation"] = {"smoothing_mm": 0.0, **data.get("segmentation", {})}
+        # Saved before smoothing or the spread existed: its voxel threshold is for the map it was made on.
+        data["segmentation"] = {"smoothing_mm": 0.0, "spread_floor": 0.0, **data.get("segmentation", {})}
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = set(data) - known
         if unknown:

@@ -71,6 +71,7 @@ RANGES: dict[tuple[str, str], tuple[float, float]] = {
     ("segmentation", "target_fpr"): (1e-6, 1),
     ("segmentation", "median_radius"): (0, 6),
     ("segmentation", "smoothing_mm"): (0, 50),
+    ("segmentation", "spread_floor"): (0, 10),
     ("segmentation", "min_component_mm3"): (0, 1e9),
 }
 

@@ -8,7 +8,7 @@ import torch
 from MAEAnomalyLib.config import PseudoAbnormalConfig, preset
 from MAEAnomalyLib.models import MaskedAutoencoder, build_classifier, init_classifier_from_mae
 from MAEAnomalyLib.models.pseudo_abnormal import box_masks, make_pseudo_abnormal
-from MAEAnomalyLib.models.reconstruction import reconstruct, reconstruct_samples
+from MAEAnomalyLib.models.reconstruction import MaskedPasses, masked_passes, reconstruct, reconstruct_samples
 
 
 @pytest.fixture
@@ -88,6 +88,28 @@ def test_reconstruction_samples_use_independent_masks(mae: MaskedAutoencoder) ->
     assert torch.allclose(samples.mean(dim=0), six, atol=1e-6)
     one = reconstruct_samples(mae, images, passes=4, samples=1, generator=torch.Generator().manual_seed(5))
     assert torch.equal(one[0], reconstruct(mae, images, passes=4, generator=torch.Generator().manual_seed(5)))
+
+
+def test_prediction_spread_is_taken_over_the_passes_that_masked_each_pixel() -> None:
+    # Three passes of one 1x3 image: pixel 0 masked in passes 0 and 2 (predictions 1 and 3), pixel 1 in
+    # pass 1 only, pixel 2 never. Pass 1's prediction of pixel 0 (9) was not used and must not count.
+    predictions = torch.tensor([[1.0, 7.0, 7.0], [9.0, 4.0, 7.0], [3.0, 7.0, 7.0]]).reshape(3, 1, 1, 1, 3)
+    masks = torch.tensor([[1.0, 0, 0], [0, 1, 0], [1, 0, 0]]).reshape(3, 1, 1, 1, 3)
+    spread = MaskedPasses(torch.zeros(3, 1, 1, 1, 3), predictions, masks).spread()
+    assert spread.flatten().tolist() == [1.0, 0.0, 0.0]
+
+
+def test_masked_passes_give_the_reconstruction_and_the_spread_of_one_set_of_passes(mae: MaskedAutoencoder) -> None:
+    images = torch.rand(2, 1, 64, 64)
+    run = masked_passes(mae, images, 8, torch.Generator().manual_seed(5))
+    assert torch.equal(run.pasted().mean(dim=0), reconstruct(mae, images, 8, torch.Generator().manual_seed(5)))
+    spread = run.spread()
+    assert spread.shape == images.shape and (spread >= 0).all() and spread.max() > 0
+    # any pixel: the population standard deviation of the predictions of the passes that masked it
+    masked = run.masks[:, 1, 0, 10, 20].bool()
+    assert masked.sum() > 1
+    expected = run.predictions[masked, 1, 0, 10, 20].std(unbiased=False)
+    assert spread[1, 0, 10, 20].item() == pytest.approx(expected.item(), abs=1e-6)
 
 
 def test_pseudo_abnormal_changes_exactly_its_boxes() -> None:

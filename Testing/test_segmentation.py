@@ -137,11 +137,16 @@ def test_segmentation_settings_are_checked_and_old_configs_load(untrained_model_
     data.pop("segmentation", None)
     data.pop("voxel_threshold", None)
     old = ModelConfig.from_dict(data)
-    # Saved before smoothing existed: its maps were per voxel, and stay so.
-    assert old.voxel_threshold is None and old.segmentation == SegmentationConfig(smoothing_mm=0.0)
-    assert ModelConfig().segmentation.smoothing_mm == 6.0
-    with pytest.raises(ValueError, match=r"segmentation\.smoothing_mm"):
-        ModelConfig.from_dict({**data, "segmentation": {"smoothing_mm": -1.0}})
+    # Saved before smoothing and the spread existed: its maps were per voxel and undivided, and stay so.
+    assert old.voxel_threshold is None
+    assert old.segmentation == SegmentationConfig(smoothing_mm=0.0, spread_floor=0.0)
+    # Saved with smoothing but before the spread (the brain-t1 of c55ef96 to 08f90e6): undivided.
+    smoothed = ModelConfig.from_dict({**data, "segmentation": {"smoothing_mm": 6.0}})
+    assert smoothed.segmentation == SegmentationConfig(smoothing_mm=6.0, spread_floor=0.0)
+    assert (ModelConfig().segmentation.smoothing_mm, ModelConfig().segmentation.spread_floor) == (8.0, 0.05)
+    for name in ("smoothing_mm", "spread_floor"):
+        with pytest.raises(ValueError, match=rf"segmentation\.{name}"):
+            ModelConfig.from_dict({**data, "segmentation": {name: -1.0}})
     with pytest.raises(ValueError, match="voxel_threshold"):
         ModelConfig.from_dict({**data, "voxel_threshold": -1.0})
     with pytest.raises(ValueError, match=r"segmentation\.median_radius"):

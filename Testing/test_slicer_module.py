@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import ast
 import importlib.metadata
+import json
 import re
 import subprocess
 import sys
@@ -271,3 +272,17 @@ def test_good_torch_is_left_alone() -> None:
     assert not recorder.torch_requirements
     (_args, constraints), = recorder.pip_calls
     assert constraints.startswith("torch==")
+
+
+def test_the_default_display_threshold_hides_the_shipped_models_healthy_tissue_and_fits_the_slider() -> None:
+    results = ROOT / "MAEAnomaly" / "SlicerMAEAnomalyLib" / "results.py"
+    constants = {target.id: node.value.value for node in ast.parse(results.read_text()).body
+                 if isinstance(node, ast.Assign) and isinstance(node.value, ast.Constant)
+                 for target in node.targets if isinstance(target, ast.Name)}
+    default, top = constants["DEFAULT_DISPLAY_THRESHOLD"], constants["MAX_DISPLAY_THRESHOLD"]
+    slider = {p.get("name"): p for p in ui_widgets()["thresholdSlider"].findall("property")}
+    assert (float(slider["minimum"].find("double").text), float(slider["maximum"].find("double").text)) == (0, top)
+    # Just above the value 1 % of held-out healthy brain voxels reach: the overlay starts nearly clear of
+    # healthy tissue and shows all that the segmentation outlines once lowered a little.
+    voxel_threshold = json.loads((ROOT / "models" / "brain-t1" / "config.json").read_text())["voxel_threshold"]
+    assert voxel_threshold < default < 1.1 * voxel_threshold

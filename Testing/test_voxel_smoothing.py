@@ -1,10 +1,12 @@
-"""The smoothed difference map: |reconstruction - original| averaged by a Gaussian over the foreground's
-voxels only. A lesion's raised error over its whole extent stands out; scattered errors of healthy fine
-detail are spread thin; the brain's edge is not dimmed by the zeros outside it."""
+"""The anomaly map: |reconstruction - original| divided by the MAE's spread plus a floor, then averaged
+by a Gaussian over the foreground's voxels only. An error the MAE is sure of outranks one where it is
+unsure; a lesion's raised error over its whole extent stands out; scattered errors of healthy fine detail
+are spread thin; the brain's edge is not dimmed by the zeros outside it."""
 
 from __future__ import annotations
 
 import numpy as np
+import pytest
 import SimpleITK as sitk
 import torch
 
@@ -12,7 +14,8 @@ from MAEAnomalyLib.config import PreprocessConfig
 from MAEAnomalyLib.data.io import to_canonical
 from MAEAnomalyLib.data.preprocessing import prepare_image
 from MAEAnomalyLib.data.synthetic import make_subject
-from MAEAnomalyLib.scoring.scores import difference_image, smoothed_in_foreground
+from MAEAnomalyLib.model_io import load_model
+from MAEAnomalyLib.scoring.scores import anomaly_map, difference_image, score_prepared, smoothed_in_foreground
 
 
 def _ball(shape: tuple[int, int, int], centre: np.ndarray, radius_mm: float, spacing_zyx: np.ndarray) -> np.ndarray:
@@ -64,3 +67,30 @@ def test_difference_image_is_per_voxel_without_smoothing_and_on_the_inputs_grid_
     # Averaging keeps the level of uniform noise and takes away most of its spread.
     assert abs(maps[6.0].mean() - maps[0.0].mean()) < 0.1 * maps[0.0].mean()
     assert maps[6.0].std() < 0.5 * maps[0.0].std()
+
+
+def test_an_error_where_the_mae_is_sure_outranks_the_same_error_where_it_is_unsure() -> None:
+    difference = torch.tensor([0.2, 0.2, 0.01, 0.0])
+    spread = torch.tensor([0.0, 0.2, 0.0, 0.3])
+    assert torch.equal(anomaly_map(difference, spread, 0.0), difference)  # floor 0: the plain difference
+    out = anomaly_map(difference, spread, 0.05)
+    assert out[0] > out[1] and out[0] == pytest.approx(4.0) and out[1] == pytest.approx(0.8)
+    # the floor bounds what a small error can reach where the MAE is sure: no division by almost nothing
+    assert out[2] == pytest.approx(0.2) and out[3] == 0
+
+
+def test_the_spread_floor_changes_the_map_and_no_slice_score(untrained_model_dir) -> None:
+    model = load_model(untrained_model_dir)
+    subject = make_subject(3, orientation="PSR")
+    prepared = prepare_image(subject.image, model.config.preprocess, subject.brain_mask)
+    results = {}
+    for floor in (0.0, 0.05):
+        model.config.segmentation.spread_floor = floor
+        results[floor] = score_prepared(model, prepared, torch.device("cpu"))
+    plain, divided = results[0.0], results[0.05]
+    for column, values in plain.table.items():
+        np.testing.assert_array_equal(values, divided.table[column], err_msg=column)
+    assert torch.equal(plain.difference_slices, divided.difference_slices)
+    assert (divided.spread_slices[~prepared.foreground] == 0).all() and divided.spread_slices.max() > 0
+    a, b = (sitk.GetArrayFromImage(r.difference) for r in (plain, divided))
+    assert a.shape == b.shape and not np.allclose(a, b)

@@ -1,17 +1,18 @@
-"""How ``segmentation.smoothing_mm`` is chosen: on synthetic lesions implanted in unseen healthy volumes,
-never on a real anomaly.
+"""How ``segmentation.spread_floor`` and ``smoothing_mm`` are chosen: on synthetic lesions implanted in
+unseen healthy volumes, never on a real anomaly.
 
-    python benchmarks/voxel_smoothing.py ../shared/data [--model brain-t1] [--sigmas 0,2,3,4,5,6,7,8]
+    python benchmarks/voxel_smoothing.py ../shared/data [--model brain-t1] [--floors 0,0.02,0.05,0.1,0.2]
+        [--sigmas 0,4,6,8,10]
 
-For each smoothing (mm), the voxel threshold is calibrated as training does: ``segmentation.target_fpr``
-of the brain voxels of the model's held-out healthy IXI volumes (``validation_volumes`` of its training
-summary). The 10 IXI volumes the T1 protocol never trains on then give the false-positive volume per
-healthy subject, and the same 10 with one or two synthetic lesions each give the voxel AUROC, AUPRC and
-Dice at that threshold, pooled. A synthetic lesion is a smooth ellipsoid (semi-axes 6-20 mm, scaled
-0.75-1.25 per axis) inside the brain whose intensity is multiplied by 0.55-0.8 or by 1.25-1.6 (one
-factor per lesion, either side equally likely); seeds are fixed. The intensity map is the baseline, on
-the same voxels. Each volume is scored once; every smoothing is applied to its signed residual.
-Skips with a message (exit 0) when the data folder is absent.
+For each pair (spread floor, smoothing in mm), the voxel threshold is calibrated as training does:
+``segmentation.target_fpr`` of the brain voxels of the model's held-out healthy IXI volumes
+(``validation_volumes`` of its training summary). The 10 IXI volumes the T1 protocol never trains on
+then give the false-positive volume per healthy subject, and the same 10 with synthetic lesions give the
+voxel AUROC, AUPRC and Dice at that threshold, pooled. Each volume gets one or two lesions of one kind,
+once with blobs and once with rings (``implant_lesions``); seeds are fixed. The rule, fixed first: the
+pair with the highest pooled AUPRC. The intensity map is the baseline, on the same voxels. Each volume
+is scored once; every pair is made from the same difference and spread. Skips with a message (exit 0)
+when the data folder is absent.
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ from MAEAnomalyLib.data.io import read_mask, read_volume, to_canonical
 from MAEAnomalyLib.data.preprocessing import prepare_image
 from MAEAnomalyLib.model_io import load_model
 from MAEAnomalyLib.runtime import resolve_device
-from MAEAnomalyLib.scoring.scores import VolumeScores, difference_image, score_prepared
+from MAEAnomalyLib.scoring.scores import VolumeScores, anomaly_map, difference_image, score_prepared
 from MAEAnomalyLib.shipped import resolve_model
 from MAEAnomalyLib.training.distributed import Dist
 from MAEAnomalyLib.training.voxel_threshold import VoxelCalibration
@@ -75,16 +76,18 @@ def implant_lesions(image: sitk.Image, brain: sitk.Image, seed: int, kind: str) 
     return lesioned, label_image
 
 
-def smoothed(result: VolumeScores, sigma: float) -> VolumeScores:
-    """The scored volume with its difference map made at another smoothing."""
-    return dataclasses.replace(result, difference=difference_image(result.difference_slices, result.prepared, sigma))
+def remapped(result: VolumeScores, floor: float, sigma: float) -> VolumeScores:
+    """The scored volume with its map made at another spread floor and smoothing."""
+    slices = anomaly_map(result.difference_slices, result.spread_slices, floor)
+    return dataclasses.replace(result, difference=difference_image(slices, result.prepared, sigma))
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("data", nargs="?", default=os.environ.get("MAEANOMALY_DATA", "../shared/data"))
     parser.add_argument("--model", default="brain-t1")
-    parser.add_argument("--sigmas", default="0,2,3,4,5,6,7,8")
+    parser.add_argument("--floors", default="0,0.02,0.05,0.1,0.2")
+    parser.add_argument("--sigmas", default="0,4,6,8,10")
     parser.add_argument("--device", default="auto")
     args = parser.parse_args()
     ixi = Path(args.data) / "ixi-t1"
@@ -113,32 +116,35 @@ def main() -> int:
         for kind, seed in (("blob", 100 + k), ("ring", 200 + k)):
             with_lesions, label = implant_lesions(image, brain, seed, kind)
             lesioned.append((score(with_lesions, brain, f"{path} with {kind} lesions"),
-                             sitk.GetArrayFromImage(to_canonical(label)) > 0))
+                             sitk.GetArrayFromImage(to_canonical(label)) > 0, kind))
     print(f"model {args.model}: thresholds on {len(held)} held-out IXI volumes, false positives on {len(unseen)} "
           f"unseen ones, synthetic lesions (blobs, rings) in the same {len(unseen)}")
     print("'+post': components under the model's min_component_mm3 dropped; the intensity map is printed once")
-    print(f"{'smoothing mm':>12} {'map':>10} {'threshold':>9} {'AUROC':>6} {'AUPRC':>6} {'Dice@thr':>8} "
-          f"{'+post':>6} {'FP mL/healthy':>13} {'+post':>6}")
-    sigmas = [float(s) for s in args.sigmas.split(",")]
-    first = sigmas[0]
-    for sigma in sigmas:
+    print(f"{'floor':>5} {'mm':>3} {'map':>10} {'threshold':>9} {'AUROC':>6} {'AUPRC':>6} {'blobs':>6} {'rings':>6} "
+          f"{'Dice@thr':>8} {'+post':>6} {'FP mL/healthy':>13} {'+post':>6}")
+    pairs = [(float(f), float(s)) for f in args.floors.split(",") for s in args.sigmas.split(",")]
+    for floor, sigma in pairs:
         variant = copy.deepcopy(cfg)
-        variant.segmentation.smoothing_mm = sigma
+        variant.segmentation.spread_floor, variant.segmentation.smoothing_mm = floor, sigma
         voxels = VoxelCalibration(variant)
         for result in calibration:
-            voxels.add(smoothed(result, sigma), result.table["skipped"] == 0)
+            voxels.add(remapped(result, floor, sigma), result.table["skipped"] == 0)
         variant.site_calibration = {"voxel_thresholds": voxels.thresholds(Dist())["voxel_thresholds"]}
         tests, negatives = CohortVoxels(variant), CohortVoxels(variant)
-        for result, lesion in lesioned:
-            tests.add_lesion(smoothed(result, sigma), lesion)
+        by_kind = {kind: CohortVoxels(variant) for kind in ("blob", "ring")}
+        for result, lesion, kind in lesioned:
+            tests.add_lesion(remapped(result, floor, sigma), lesion)
+            by_kind[kind].add_lesion(remapped(result, floor, sigma), lesion)
         for result in healthy:
-            negatives.add_lesion(smoothed(result, sigma), np.zeros(result.prepared.foreground_input.shape, bool))
+            negatives.add_lesion(remapped(result, floor, sigma), np.zeros(result.prepared.foreground_input.shape, bool))
         found, false = tests.result()["maps"], negatives.evaluation.maps
-        for name in ("difference", "intensity") if sigma == first else ("difference",):
+        kinds = {k: c.result()["maps"] for k, c in by_kind.items()}
+        for name in ("difference", "intensity") if (floor, sigma) == pairs[0] else ("difference",):
             row, post = found[name], found[name + "+post"]
             fp = [np.mean(false[n].false_positive_ml) for n in (name, name + "+post")]
-            print(f"{sigma:>12g} {name:>10} {row['threshold']:>9.4f} {row['auroc']:>6.3f} {row['auprc']:>6.3f} "
-                  f"{row['dice']:>8.3f} {post['dice']:>6.3f} {fp[0]:>13.2f} {fp[1]:>6.2f}")
+            print(f"{floor:>5g} {sigma:>3g} {name:>10} {row['threshold']:>9.4f} {row['auroc']:>6.3f} "
+                  f"{row['auprc']:>6.3f} {kinds['blob'][name]['auprc']:>6.3f} {kinds['ring'][name]['auprc']:>6.3f} "
+                  f"{row['dice']:>8.3f} {post['dice']:>6.3f} {fp[0]:>13.2f} {fp[1]:>6.2f}", flush=True)
     return 0
 
 

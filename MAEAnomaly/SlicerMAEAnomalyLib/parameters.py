@@ -10,7 +10,7 @@ from slicer.parameterNodeWrapper import WithinRange, parameterNodeWrapper
 from MAEAnomalyLib.shipped import DEFAULT_MODEL
 
 from .logic import BRAIN_MASK_AUTO, BRAIN_MASK_NONE
-from .results import DEFAULT_DISPLAY_THRESHOLD, DEFAULT_OPACITY
+from .results import DEFAULT_DISPLAY_THRESHOLD, DEFAULT_OPACITY, MAX_DISPLAY_THRESHOLD
 
 
 class Device(enum.Enum):
@@ -47,6 +47,6 @@ class MAEAnomalyParameterNode:
     modelPath: str = ""
     device: Device = Device.AUTO
     overlayOpacity: Annotated[float, WithinRange(0.0, 1.0)] = DEFAULT_OPACITY
-    displayThreshold: Annotated[float, WithinRange(0.0, 1.0)] = DEFAULT_DISPLAY_THRESHOLD
+    displayThreshold: Annotated[float, WithinRange(0.0, MAX_DISPLAY_THRESHOLD)] = DEFAULT_DISPLAY_THRESHOLD
     scoreTable: slicer.vtkMRMLTableNode
     differenceVolume: slicer.vtkMRMLScalarVolumeNode

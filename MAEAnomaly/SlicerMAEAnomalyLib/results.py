@@ -41,8 +41,10 @@ COLUMN_DESCRIPTIONS = {
 # anatomy (maps that start at black, like Inferno, would hide it). Slicer adds it to every scene.
 COLOR_NODE_ID = "vtkMRMLColorTableNodeIron"
 DEFAULT_OPACITY = 0.6
-# Differences are in units of the normalised intensity range (0..1); healthy tissue stays mostly below.
-DEFAULT_DISPLAY_THRESHOLD = 0.2
+# Just above the shipped model's voxel threshold (2.14, the value 1 % of held-out healthy brain voxels
+# reach), so healthy tissue stays mostly transparent. The map's unit: README, *Anomaly segmentation*.
+DEFAULT_DISPLAY_THRESHOLD = 2.2
+MAX_DISPLAY_THRESHOLD = 20.0
 
 
 def _plot_column(series: slicer.vtkMRMLPlotSeriesNode, table: slicer.vtkMRMLTableNode, column: str,

@@ -16,7 +16,7 @@ from ..data.io import from_canonical
 from ..data.preprocessing import PreparedVolume, prepare_image
 from ..model_io import AnomalyModel
 from ..models.classifier import anomaly_probability, classifier_input
-from ..models.reconstruction import reconstruct_samples
+from ..models.reconstruction import average_reconstructions, masked_passes
 from ..runtime import autocast, seeded_generator
 from .position import brain_position, calibrated
 
@@ -35,6 +35,8 @@ class VolumeScores:
     threshold: float
     prepared: PreparedVolume
     difference_slices: torch.Tensor  # (Z, 1, S, S) at model resolution, for the report
+    # (Z, 1, S, S): the spread of the MAE's predictions per pixel (MaskedPasses.spread), for the map.
+    spread_slices: torch.Tensor | None = None
     # What the anomaly segmentation (scoring.segmentation) needs; None in models without voxel calibration.
     voxel_threshold: float | None = None
     segmentation: SegmentationConfig = field(default_factory=SegmentationConfig)
@@ -80,7 +82,7 @@ def score_prepared(model: AnomalyModel, prepared: PreparedVolume, device: torch.
     skipped = prepared.foreground_fraction == 0
     keep = np.flatnonzero(~skipped)
     score, l1, ssim = np.zeros(n), np.zeros(n), np.ones(n)
-    diff = torch.zeros_like(prepared.slices)
+    diff, spread = torch.zeros_like(prepared.slices), torch.zeros_like(prepared.slices)
     step = max(1, batch_size // samples)
     for start in range(0, len(keep), step):
         idx = keep[start:start + step]
@@ -88,9 +90,9 @@ def score_prepared(model: AnomalyModel, prepared: PreparedVolume, device: torch.
         fg = prepared.foreground[idx].to(device)
         with autocast(device):
             # Each slice's masks depend on the seed and the slice alone: the batch size never changes a score.
-            recon = reconstruct_samples(model.mae, images, cfg.train.reconstruction_passes, samples,
-                                        per_image=[seeded_generator(SCORING_SEED, "score", int(k)) for k in idx]
-                                        ).float().flatten(0, 1)
+            passes = masked_passes(model.mae, images, cfg.train.reconstruction_passes * samples,
+                                   per_image=[seeded_generator(SCORING_SEED, "score", int(k)) for k in idx])
+            recon = average_reconstructions(passes, samples).float().flatten(0, 1)
             tiled_images, tiled_fg = images.repeat(samples, 1, 1, 1), fg.repeat(samples, 1, 1, 1)
             difference = (recon - tiled_images).abs()
             probs = anomaly_probability(model.classifier(classifier_input(difference, tiled_fg, cfg.classifier)))
@@ -99,6 +101,7 @@ def score_prepared(model: AnomalyModel, prepared: PreparedVolume, device: torch.
         l1[idx] = masked_mean(mean_difference, fg).cpu().numpy()
         ssim[idx] = masked_ssim(recon, tiled_images, tiled_fg).view(samples, -1).mean(dim=0).cpu().numpy()
         diff[idx] = (mean_difference * fg).cpu()
+        spread[idx] = (passes.spread() * fg).cpu()
         if progress is not None:
             progress(min(1.0, (start + len(idx)) / max(1, len(keep))))
     threshold = float(cfg.threshold) if cfg.threshold is not None else float("inf")
@@ -121,8 +124,14 @@ def score_prepared(model: AnomalyModel, prepared: PreparedVolume, device: torch.
         "skipped": skipped.astype(int),
     }
     table["abnormal"] = ((table["score"] >= threshold) & ~skipped).astype(int)
-    difference = difference_image(diff, prepared, cfg.segmentation.smoothing_mm)
-    return VolumeScores(table, difference, threshold, prepared, diff, cfg.voxel_threshold, cfg.segmentation)
+    seg = cfg.segmentation
+    difference = difference_image(anomaly_map(diff, spread, seg.spread_floor), prepared, seg.smoothing_mm)
+    return VolumeScores(table, difference, threshold, prepared, diff, spread, cfg.voxel_threshold, seg)
+
+
+def anomaly_map(difference: torch.Tensor, spread: torch.Tensor, floor: float) -> torch.Tensor:
+    """|reconstruction - original| divided by (the MAE's spread + ``floor``); unchanged when ``floor`` is 0."""
+    return difference / (spread + floor) if floor > 0 else difference
 
 
 def smoothed_in_foreground(values: np.ndarray, foreground: np.ndarray, sigma_mm: float,
@@ -137,7 +146,7 @@ def smoothed_in_foreground(values: np.ndarray, foreground: np.ndarray, sigma_mm:
 
 
 def difference_image(diff: torch.Tensor, prepared: PreparedVolume, smoothing_mm: float) -> sitk.Image:
-    """The model-resolution |reconstruction - original| (``diff``) on the input grid, zero outside the
+    """The model-resolution map (``diff``: ``anomaly_map``) on the input grid, zero outside the
     foreground, averaged in 3D inside it by a Gaussian of ``smoothing_mm`` (0: per voxel)."""
     on_canonical = np.zeros(prepared.foreground_input.shape, dtype=np.float32)
     scored = np.flatnonzero(prepared.foreground_fraction > 0)  # skipped slices stay zero, at no cost
