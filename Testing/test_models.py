@@ -95,7 +95,7 @@ def test_prediction_spread_is_taken_over_the_passes_that_masked_each_pixel() -> 
     # pass 1 only, pixel 2 never. Pass 1's prediction of pixel 0 (9) was not used and must not count.
     predictions = torch.tensor([[1.0, 7.0, 7.0], [9.0, 4.0, 7.0], [3.0, 7.0, 7.0]]).reshape(3, 1, 1, 1, 3)
     masks = torch.tensor([[1.0, 0, 0], [0, 1, 0], [1, 0, 0]]).reshape(3, 1, 1, 1, 3)
-    spread = MaskedPasses(torch.zeros(3, 1, 1, 1, 3), predictions, masks).spread()
+    spread = MaskedPasses(torch.zeros(1, 1, 1, 3), predictions, masks).spread()
     assert spread.flatten().tolist() == [1.0, 0.0, 0.0]
 
 

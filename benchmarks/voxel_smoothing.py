@@ -133,8 +133,9 @@ def main() -> int:
         tests, negatives = CohortVoxels(variant), CohortVoxels(variant)
         by_kind = {kind: CohortVoxels(variant) for kind in ("blob", "ring")}
         for result, lesion, kind in lesioned:
-            tests.add_lesion(remapped(result, floor, sigma), lesion)
-            by_kind[kind].add_lesion(remapped(result, floor, sigma), lesion)
+            mapped = remapped(result, floor, sigma)
+            tests.add_lesion(mapped, lesion)
+            by_kind[kind].add_lesion(mapped, lesion)
         for result in healthy:
             negatives.add_lesion(remapped(result, floor, sigma), np.zeros(result.prepared.foreground_input.shape, bool))
         found, false = tests.result()["maps"], negatives.evaluation.maps

@@ -12,8 +12,8 @@ from .mae import MaskedAutoencoder
 
 @dataclass
 class MaskedPasses:
-    """Masked passes of (N, 1, H, W) images, all in pixels: the originals tiled pass by pass, the
-    decoder's predictions and the masks (1 = masked), each (passes, N, 1, H, W)."""
+    """Masked passes of (N, 1, H, W) images, all in pixels: the originals (N, 1, H, W), and the decoder's
+    predictions and the masks (1 = masked), each (passes, N, 1, H, W)."""
 
     images: torch.Tensor
     predictions: torch.Tensor
@@ -27,8 +27,9 @@ class MaskedPasses:
         """(N, 1, H, W): the standard deviation of the predictions over the passes that masked each
         pixel; zero where fewer than two did. Large where the MAE is unsure of healthy anatomy (edges)."""
         count = self.masks.sum(dim=0)
-        mean = (self.predictions * self.masks).sum(dim=0) / count.clamp(min=1)
-        variance = (((self.predictions - mean) ** 2) * self.masks).sum(dim=0) / count.clamp(min=1)
+        counted = count.clamp(min=1)
+        mean = (self.predictions * self.masks).sum(dim=0) / counted
+        variance = (((self.predictions - mean) ** 2) * self.masks).sum(dim=0) / counted
         return torch.where(count > 1, variance.sqrt(), torch.zeros_like(variance))
 
 
@@ -50,7 +51,7 @@ def masked_passes(mae: MaskedAutoencoder, images: torch.Tensor, passes: int,
     pred = mae.forward_decoder(mae.forward_encoder(tiled, ids_keep), ids_restore).float()
     masks = mae.unpatchify(mask.unsqueeze(-1).expand_as(pred).to(pred.dtype))
     shape = (passes, n, *images.shape[1:])
-    return MaskedPasses(tiled.float().reshape(shape), mae.unpatchify(pred).reshape(shape), masks.reshape(shape))
+    return MaskedPasses(images.float(), mae.unpatchify(pred).reshape(shape), masks.reshape(shape))
 
 
 def reconstruct_samples(mae: MaskedAutoencoder, images: torch.Tensor, passes: int, samples: int,
