@@ -55,3 +55,26 @@ def tiny_model_dir(cohort: dict, tmp_path_factory: pytest.TempPathFactory) -> Pa
     train([h[0] for h in healthy], out, preset("tiny"), resolve_device("cpu"), masks=[h[1] for h in healthy],
           log=lambda _: None, show_progress=False)
     return out
+
+
+@pytest.fixture(scope="session")
+def slicer_python():
+    """The ``slicer`` package: slicer-core's MRML with Slicer 5.10.0's own Python layer loaded over it
+    (see ``slicer_python.py``); skips where either is missing."""
+    pytest.importorskip("slicer")
+    import slicer_python
+
+    try:
+        return slicer_python.load()
+    except FileNotFoundError as exc:
+        pytest.skip(f"Slicer 5.10's Python sources are not at {exc} (set MAEANOMALY_SLICER_PYTHON)")
+
+
+@pytest.fixture
+def slicer_app(slicer_python, monkeypatch: pytest.MonkeyPatch):
+    """``slicer.app`` for one test (module and widget code reach for it); a fresh scene as ``slicer.mrmlScene``."""
+    import slicer_python as stand_ins
+
+    monkeypatch.setattr(slicer_python, "app", stand_ins.Application(), raising=False)
+    monkeypatch.setattr(slicer_python, "mrmlScene", slicer_python.vtkMRMLScene(), raising=False)
+    return slicer_python.app

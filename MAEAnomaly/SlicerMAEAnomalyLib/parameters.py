@@ -42,7 +42,9 @@ class MAEAnomalyParameterNode:
 
     inputVolume: slicer.vtkMRMLScalarVolumeNode
     brainMask: BrainMask = BrainMask.AUTO
-    maskNode: Union[slicer.vtkMRMLScalarVolumeNode, slicer.vtkMRMLSegmentationNode]  # noqa: UP007
+    # None must be one of the union's types: Slicer writes the default (None) into a fresh node, and its
+    # union serializer refuses a value none of the union's types can write.
+    maskNode: Union[slicer.vtkMRMLScalarVolumeNode, slicer.vtkMRMLSegmentationNode, None]  # noqa: UP007
     model: str = DEFAULT_MODEL  # a shipped model's name, or "" for the folder in modelPath
     modelPath: str = ""
     device: Device = Device.AUTO

@@ -272,6 +272,8 @@ class ResultNodes:
         if not 0 <= row < len(positions):
             raise MAEAnomalyError(f"row {row} is outside the score table (0..{len(positions) - 1})", table.GetName())
         inputVolume = self.inputVolumeOf(table)
+        if inputVolume is None:
+            raise MAEAnomalyError("the scored volume is no longer in the scene", table.GetName())
         bounds = [0.0] * 6
         inputVolume.GetRASBounds(bounds)
         point = ((bounds[0] + bounds[1]) / 2, (bounds[2] + bounds[3]) / 2, float(positions[row]))

@@ -3,20 +3,18 @@ Qt); the self-test exercises it there, and everything it calls is tested on a ba
 
 from __future__ import annotations
 
-import logging
-
 import qt
 import slicer
 import vtk
 from slicer.ScriptedLoadableModule import ScriptedLoadableModuleWidget
 from slicer.util import VTKObservationMixin
 
-from MAEAnomalyLib.errors import MAEAnomalyError
 from MAEAnomalyLib.shipped import shipped_models
 
 from .components import ComponentsPanel
 from .dependencies import install_dependencies, plan_dependencies
 from .logic import MAEAnomalyLogic
+from .messages import reportingErrors, showError
 from .parameters import BrainMask, MAEAnomalyParameterNode
 from .results import ROLE_ATTRIBUTE, ROLE_DIFFERENCE, ROLE_SCORES
 
@@ -70,6 +68,15 @@ class MAEAnomalyWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         """Slicer closes or the module is reloaded: the scoring process tree must not outlive it."""
         self.onCancel()
         self.removeObservers()
+
+    def onReload(self) -> None:
+        """Slicer's Reload re-imports the module file only; the panel's own package is dropped first so that
+        the re-import loads its edited code too (MAEAnomalyLib stays: a running job may use it)."""
+        import sys
+
+        for name in [m for m in sys.modules if m == __package__ or m.startswith(f"{__package__}.")]:
+            del sys.modules[name]
+        super().onReload()
 
     def enter(self) -> None:
         self.initializeParameterNode()
@@ -146,12 +153,16 @@ class MAEAnomalyWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self.ui.maskSelector.setVisible(p.brainMask is BrainMask.NODE)
         table = p.scoreTable if p else None
         self.ui.resultsCollapsibleButton.enabled = table is not None
-        self.ui.scoreTableView.setMRMLTableNode(table)
         self.ui.mostAnomalousButton.enabled = table is not None
-        if table is not None and table is not self._chartTable:
-            self.logic.plotViewNode().SetPlotChartNodeID(self.logic.createScoreChart(table).GetID())
+        if table is not self._chartTable:
+            # Only on a change: setting a table makes qMRMLTableView emit selectionChanged(), and the views
+            # would jump back to the selected row at every tick of a slider.
+            self.ui.scoreTableView.setMRMLTableNode(table)
+            if table is not None:
+                self.logic.plotViewNode().SetPlotChartNodeID(self.logic.createScoreChart(table).GetID())
         self._chartTable = table
 
+    @reportingErrors
     def onInputChanged(self, node) -> None:
         """Shows the results of an earlier run on the newly selected volume, if there are any."""
         if self._parameterNode and node is not None:
@@ -160,25 +171,20 @@ class MAEAnomalyWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                                                                           "vtkMRMLScalarVolumeNode")
             self.componentsPanel.setInput(node)
 
+    @reportingErrors
     def onModelChanged(self, index: int) -> None:
         name = self.ui.modelComboBox.itemData(index) or ""
         if self._parameterNode and self._parameterNode.model != name:
             self._parameterNode.model = name
 
+    @reportingErrors
     def onModelPathChanged(self, path: str) -> None:
         if self._parameterNode and self._parameterNode.modelPath != path:
             self._parameterNode.modelPath = path
 
     def showError(self, exc: BaseException) -> None:
-        """Every failure reaches the user as one line; the traceback goes to the log for bug reports."""
-        if isinstance(exc, MAEAnomalyError):
-            message = str(exc)
-        else:
-            logging.exception("MAEAnomaly failed")
-            first = next((ln for ln in str(exc).splitlines() if ln.strip()), "")
-            message = f"{type(exc).__name__}: {first}" if first else type(exc).__name__
-        self.ui.statusLabel.text = message
-        slicer.util.errorDisplay(message, windowTitle="MAEAnomaly")
+        """Every failure reaches the user as one line, in a dialog and in the status line."""
+        self.ui.statusLabel.text = showError(exc)
 
     @staticmethod
     def confirm(text: str) -> bool:
@@ -189,6 +195,7 @@ class MAEAnomalyWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         finally:
             qt.QApplication.restoreOverrideCursor()
 
+    @reportingErrors
     def onApply(self) -> None:
         p = self._parameterNode
         if self._run is not None or self._installing or p is None:
@@ -224,7 +231,12 @@ class MAEAnomalyWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         if self._run is None:
             self._timer.stop()
             return
-        status = self._run.poll()
+        try:
+            status = self._run.poll()
+        except Exception as exc:  # the run cannot be followed: stop it rather than fail at every tick
+            self.onCancel()
+            self.showError(exc)
+            return
         self.ui.progressBar.value = round(100 * status.progress)
         if not status.finished:
             return
@@ -237,6 +249,7 @@ class MAEAnomalyWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self.showError(exc)
         self.updateGUI()
 
+    @reportingErrors
     def onCancel(self) -> None:
         if self._run is None:
             return
@@ -262,18 +275,22 @@ class MAEAnomalyWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             f"{self.logic.threshold(table):.3f}; highest score {columns['score'][row]:.3f} at "
             f"S = {columns['position_mm'][row]:.1f} mm.")
 
+    @reportingErrors
     def onOpacityChanged(self, value: float) -> None:
         if self._parameterNode and self._parameterNode.differenceVolume:
             self.logic.setOverlayOpacity(value)
 
+    @reportingErrors
     def onThresholdChanged(self, value: float) -> None:
         if self._parameterNode and self._parameterNode.differenceVolume:
             self.logic.setDisplayThreshold(self._parameterNode.differenceVolume, value)
 
+    @reportingErrors
     def onJumpToMostAnomalous(self) -> None:
         if self._parameterNode and self._parameterNode.scoreTable:
             self.logic.jumpToMostAnomalous(self._parameterNode.scoreTable)
 
+    @reportingErrors
     def onTableSelectionChanged(self) -> None:
         table = self._parameterNode.scoreTable if self._parameterNode else None
         indexes = self.ui.scoreTableView.selectionModel().selectedIndexes()
