@@ -80,6 +80,26 @@ def test_parameter_node_and_chart_view_survive_a_scene_close() -> None:
     assert not view.GetDoPropagatePlotChartSelection() and view.GetParentLayoutNode() is node
 
 
+def test_chart_view_has_its_parent_when_it_is_added() -> None:
+    """qMRMLLayoutManager makes a hidden plot widget for a plot view node that has no parent layout node at
+    NodeAddedEvent: the parent must be set before the node enters the scene."""
+    import vtk
+
+    scene = new_scene()
+    seen = []
+
+    @vtk.calldata_type(vtk.VTK_OBJECT)
+    def onNodeAdded(caller, event, node) -> None:
+        if node.IsA("vtkMRMLPlotViewNode"):
+            seen.append(node.GetParentLayoutNode())
+
+    scene.AddObserver(scene.NodeAddedEvent, onNodeAdded)
+    logic = MAEAnomalyLogic()
+    _KEEP.append(logic)
+    view = logic.plotViewNode()
+    assert seen == [logic.getParameterNode()] and view.GetParentLayoutNode() is logic.getParameterNode()
+
+
 def test_chart_view_ignores_global_chart_selection() -> None:
     """slicer.util.plot() and other modules select their chart in every plot view that follows selection."""
     scene = new_scene()

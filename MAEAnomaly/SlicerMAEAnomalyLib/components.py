@@ -15,14 +15,14 @@ from pathlib import Path
 import numpy as np
 import SimpleITK as sitk
 import slicer
-import vtk
 from vtk.util import numpy_support
 
 from MAEAnomalyLib.errors import MAEAnomalyError
 from MAEAnomalyLib.scoring.segmentation import COMPONENT_COLUMNS, read_components_csv
 
+from .messages import reportingErrors
 from .results import ResultNodes, check_input_grid, fill_table
-from .volumes import vtk_image
+from .volumes import import_labels
 
 ROLE_SEGMENTATION, ROLE_COMPONENTS = "anomalySegmentation", "components"
 INTEGER_COLUMNS = ("label", "voxels", "first_slice", "last_slice")
@@ -60,17 +60,9 @@ def _fill_segmentation(nodes: ResultNodes, segmentation: slicer.vtkMRMLSegmentat
     segmentation.SetAndObserveTransformNodeID(inputVolume.GetTransformNodeID())
     if not rows:
         return
-    # The label map lies on the input's grid: a temporary label volume with the input's IJK-to-RAS.
-    labelmap = nodes.scene.AddNewNodeByClass("vtkMRMLLabelMapVolumeNode")
-    try:
-        ijk_to_ras = vtk.vtkMatrix4x4()
-        inputVolume.GetIJKToRASMatrix(ijk_to_ras)
-        labelmap.SetIJKToRASMatrix(ijk_to_ras)
-        labelmap.SetAndObserveImageData(vtk_image(sitk.GetArrayFromImage(labels).astype(np.int32)))
-        if not slicer.vtkSlicerSegmentationsModuleLogic.ImportLabelmapToSegmentationNode(labelmap, segmentation):
-            raise MAEAnomalyError("could not import the anomaly label map", inputVolume.GetName())
-    finally:
-        nodes.scene.RemoveNode(labelmap)
+    # The label map lies on the input's voxel grid (its geometry is the input's world grid).
+    import_labels(segmentation, inputVolume, sitk.GetArrayFromImage(labels).astype(np.int32),
+                  "could not import the anomaly label map")
     byLabel = {int(r["label"]): r for r in rows}
     content = segmentation.GetSegmentation()
     for k in range(content.GetNumberOfSegments()):
@@ -151,6 +143,7 @@ class ComponentsPanel:
 
         self.nodes = nodes
         self.inputVolume = None
+        self._table = None
         self.label = qt.QLabel("Anomaly components (largest first); select one to centre the views on it:")
         self.label.wordWrap = True
         self.show3D = qt.QCheckBox("Show the components in 3D")
@@ -167,7 +160,9 @@ class ComponentsPanel:
         """Shows the components of ``inputVolume`` (none: hidden)."""
         self.inputVolume = inputVolume
         segmentation, table = componentNodes(self.nodes, inputVolume) if inputVolume is not None else (None, None)
-        self.view.setMRMLTableNode(table)
+        if table is not self._table:  # setting a table makes the view emit selectionChanged(): only on a change
+            self.view.setMRMLTableNode(table)
+            self._table = table
         for widget in (self.label, self.show3D, self.view):
             widget.visible = table is not None
         if segmentation is not None:
@@ -176,11 +171,13 @@ class ComponentsPanel:
             self.label.text = (f"{rows} anomaly component{'s' if rows != 1 else ''} (largest first); select one "
                                "to centre the views on it:" if rows else "No anomaly component at the voxel threshold.")
 
+    @reportingErrors
     def onShow3D(self, show: bool) -> None:
         segmentation, _ = componentNodes(self.nodes, self.inputVolume) if self.inputVolume else (None, None)
         if segmentation is not None:
             showComponentsIn3D(segmentation, show)
 
+    @reportingErrors
     def onSelectionChanged(self) -> None:
         _, table = componentNodes(self.nodes, self.inputVolume) if self.inputVolume else (None, None)
         indexes = self.view.selectionModel().selectedIndexes()

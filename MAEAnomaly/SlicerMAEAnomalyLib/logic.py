@@ -120,15 +120,18 @@ class MAEAnomalyLogic(ResultNodes):
         """The plot view shown inside the module panel. It is no part of the view layout (its parent layout
         node is the parameter node) and ignores global chart selection, so ``slicer.util.plot()`` or
         another module never replaces the score chart in it."""
+        owner = self.getParameterNode()
         node = self.scene.GetSingletonNode(MODULE_NAME, "vtkMRMLPlotViewNode")
         if node is None:
             node = slicer.vtkMRMLPlotViewNode()
             node.SetSingletonTag(MODULE_NAME)
             node.SetLayoutName(MODULE_NAME)
             node.SetName(f"{MODULE_NAME} plot view")
+            # Before adding: the layout manager makes a hidden plot widget for a view node that has no parent
+            # layout node when it is added (qMRMLLayoutManager's node-added handling).
+            node.SetAndObserveParentLayoutNodeID(owner.GetID())
             node = self.scene.AddNode(node)
         node.SetDoPropagatePlotChartSelection(False)
-        owner = self.getParameterNode()
         if node.GetParentLayoutNode() is not owner:
             node.SetAndObserveParentLayoutNodeID(owner.GetID())
         return node
@@ -241,25 +244,18 @@ class MAEAnomalyLogic(ResultNodes):
                        mask: sitk.Image) -> slicer.vtkMRMLSegmentationNode:
         """Shows the brain mask that scoring extracted as the outline of a segmentation ("«volume» brain
         mask"), so that the user sees what was scored; a later run on the same volume replaces it."""
-        from .volumes import ijk_to_ras_from_image, vtk_image
+        from .volumes import import_labels
 
         dims = inputVolume.GetImageData().GetDimensions()
         if tuple(mask.GetSize()) != tuple(dims):
             raise MAEAnomalyError(f"brain mask size {mask.GetSize()} differs from the input's {dims}",
                                   inputVolume.GetName())
-        labelmap = self.scene.AddNewNodeByClass("vtkMRMLLabelMapVolumeNode")
-        try:
-            labelmap.SetIJKToRASMatrix(slicer.util.vtkMatrixFromArray(ijk_to_ras_from_image(mask)))
-            voxels = (sitk.GetArrayFromImage(mask) > 0).astype("uint8")
-            labelmap.SetAndObserveImageData(vtk_image(voxels))
-            segmentation = self._output(inputVolume, ROLE_BRAIN_MASK, "vtkMRMLSegmentationNode",
-                                        f"{inputVolume.GetName()} brain mask")
-            segmentation.GetSegmentation().RemoveAllSegments()
-            segmentation.SetAndObserveTransformNodeID(inputVolume.GetTransformNodeID())
-            if not slicer.vtkSlicerSegmentationsModuleLogic.ImportLabelmapToSegmentationNode(labelmap, segmentation):
-                raise MAEAnomalyError("cannot show the brain mask", inputVolume.GetName())
-        finally:
-            self.scene.RemoveNode(labelmap)
+        segmentation = self._output(inputVolume, ROLE_BRAIN_MASK, "vtkMRMLSegmentationNode",
+                                    f"{inputVolume.GetName()} brain mask")
+        segmentation.GetSegmentation().RemoveAllSegments()
+        # The mask lies on the input's voxel grid (the CLI writes it on the grid of the image it scored).
+        import_labels(segmentation, inputVolume, (sitk.GetArrayFromImage(mask) > 0).astype("uint8"),
+                      "cannot show the brain mask")
         segment = segmentation.GetSegmentation().GetNthSegment(0)
         if segment is not None:
             segment.SetName("brain")

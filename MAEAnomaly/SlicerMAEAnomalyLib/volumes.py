@@ -89,6 +89,28 @@ def vtk_image(array: np.ndarray) -> vtk.vtkImageData:
     return image
 
 
+def import_labels(segmentation: slicer.vtkMRMLSegmentationNode, inputVolume: slicer.vtkMRMLScalarVolumeNode,
+                  labels: np.ndarray, error: str) -> None:
+    """Imports a (Z, Y, X) label array on ``inputVolume``'s voxel grid into ``segmentation``, both placed
+    under the input's parent transform. The temporary label map gets that transform too: the import maps
+    a label map from its own transform into the segmentation's, so one without it would be moved by the
+    inverse transform, away from the input's voxels. Raises ``error`` when Slicer refuses the import."""
+    scene = segmentation.GetScene()
+    transform_id = inputVolume.GetTransformNodeID()
+    segmentation.SetAndObserveTransformNodeID(transform_id)
+    labelmap = scene.AddNewNodeByClass("vtkMRMLLabelMapVolumeNode")
+    try:
+        ijk_to_ras = vtk.vtkMatrix4x4()
+        inputVolume.GetIJKToRASMatrix(ijk_to_ras)
+        labelmap.SetIJKToRASMatrix(ijk_to_ras)
+        labelmap.SetAndObserveTransformNodeID(transform_id)
+        labelmap.SetAndObserveImageData(vtk_image(labels))
+        if not slicer.vtkSlicerSegmentationsModuleLogic.ImportLabelmapToSegmentationNode(labelmap, segmentation):
+            raise MAEAnomalyError(error, inputVolume.GetName())
+    finally:
+        scene.RemoveNode(labelmap)
+
+
 def mask_image(mask: slicer.vtkMRMLNode, reference: slicer.vtkMRMLScalarVolumeNode) -> sitk.Image:
     """A mask as a SimpleITK image: a volume node as it is, or a segmentation node (the way Slicer users
     keep brain masks) exported with all its segments onto the grid of ``reference``."""
