@@ -1,6 +1,7 @@
 """The background scoring process as Slicer runs it: through a launcher that starts Python as its child and
 forwards no signals (like ``PythonSlicer``, which runs ``python-real``). Cancel must stop the whole tree
-and remove the work folder at once, and bytes that are not UTF-8 must not stop the output readers."""
+and remove the work folder at once, bytes that are not UTF-8 must not stop the output readers, and a process
+the run leaves behind must not make the GUI thread wait."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from MAEAnomalyLib.errors import MAEAnomalyError
 from SlicerMAEAnomalyLib.background import ScoringJob
 
 pytestmark = pytest.mark.skipif(os.name == "nt" or not Path("/proc").is_dir(),
@@ -23,6 +25,16 @@ LAUNCHER = """#!{python}
 import subprocess, sys
 {before}
 sys.exit(subprocess.call([{python!r}, *sys.argv[1:]]))
+"""
+
+
+# A scoring process that succeeds but leaves a grandchild holding its stdout and stderr.
+STRAY = """#!{python}
+import subprocess, sys
+stray = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
+print(f"grandchild: {{stray.pid}}")
+print("scores: /o/x_scores.csv")
+print("progress 1.0", file=sys.stderr)
 """
 
 
@@ -108,3 +120,35 @@ def test_invalid_utf8_on_stderr_does_not_stop_the_run(tmp_path: Path) -> None:
         time.sleep(0.05)
     assert job.returncode == 2
     assert job.error == f"{missing}: model directory not found"
+
+
+def test_finishing_never_waits_for_a_stray_grandchild(tmp_path: Path) -> None:
+    """The run succeeds but leaves a grandchild holding its pipes: ``poll`` still reports it finished, with
+    the grandchild stopped, and everything the GUI then calls (``finishProcessing``, ``error``, ``outputs``)
+    returns at once."""
+    slicer = pytest.importorskip("slicer")
+    from SlicerMAEAnomalyLib.logic import MAEAnomalyLogic, ScoringRun
+
+    fake = tmp_path / "python"
+    fake.write_text(STRAY.format(python=sys.executable))
+    fake.chmod(0o755)
+    job = ScoringJob([], python=str(fake))
+    try:
+        deadline = time.monotonic() + 30
+        while not job.poll().finished:
+            assert time.monotonic() < deadline, "the run never finished"
+            time.sleep(0.05)
+        # The input node is gone, so finishing stops with that error right after the job's own checks.
+        run = ScoringRun(job, "vtkMRMLScalarVolumeNodeGone", tmp_path / "model", tmp_path / "work",
+                         tmp_path / "x.nii.gz")
+        logic = MAEAnomalyLogic(slicer.vtkMRMLScene())
+        started = time.monotonic()
+        with pytest.raises(MAEAnomalyError, match="removed from the scene"):
+            logic.finishProcessing(run)
+        assert job.returncode == 0 and job.error is None
+        outputs = job.outputs
+        assert time.monotonic() - started < 0.5, "finishing a run blocked the GUI thread"
+        assert outputs["scores"] == "/o/x_scores.csv"
+        assert not alive(int(outputs["grandchild"])), "the stray grandchild survived the run"
+    finally:
+        job.cancel()

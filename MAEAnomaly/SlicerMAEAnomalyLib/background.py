@@ -2,9 +2,9 @@
 
 Inside Slicer the interpreter is ``PythonSlicer``, a launcher that runs ``python-real`` as its child and
 forwards no signals; stopping the launcher alone would leave the scoring process running. The job is
-therefore started as the leader of a process group of its own (a job object's tree on Windows), and
-``cancel`` stops the whole tree. Nothing here needs Slicer or Qt: the widget calls ``ScoringJob.poll``
-from a timer, and the tests call it in a loop.
+therefore started as the leader of a process group of its own (on Windows, the root of a tree that
+``taskkill /T`` stops), and ``cancel`` stops the whole tree. Nothing here needs Slicer or Qt: the widget
+calls ``ScoringJob.poll`` from a timer, and the tests call it in a loop.
 """
 
 from __future__ import annotations
@@ -27,9 +27,11 @@ PROGRESS_PREFIX = "progress "
 _KEPT_LINES = 50
 # How long the tree gets to exit after SIGTERM (the CLI then removes its temporary outputs) before SIGKILL.
 TERMINATE_GRACE_S = 0.5
-# After the process exits, how long its pipes may stay open (a stray grandchild holding them) before
-# ``poll`` reports the job finished anyway.
-PIPE_DRAIN_S = 5.0
+# After the process exits, how long its pipes may stay open before ``poll`` kills its process group (a
+# stray grandchild holding them), and how much longer it then waits for the readers before reporting the
+# job finished anyway (a holder outside the group).
+PIPE_DRAIN_S = 2.0
+STRAY_EOF_S = 1.0
 
 
 def python_executable() -> str:
@@ -77,25 +79,26 @@ def kill_tree(process: subprocess.Popen, grace: float = TERMINATE_GRACE_S) -> No
         process.wait()
         return
     group = process.pid
-
-    def signal_group(sig: int) -> bool:
-        try:
-            os.killpg(group, sig)
-        except ProcessLookupError:
-            return False
-        except PermissionError:  # only zombies are left, or the group id was reused by another user
-            return False
-        return True
-
-    if signal_group(signal.SIGTERM):
+    if _signal_group(group, signal.SIGTERM):
         deadline = time.monotonic() + grace
         while time.monotonic() < deadline:
             process.poll()  # reaps the group leader once it exits
             if not _group_has_live_members(group):
                 break
             time.sleep(0.02)
-        signal_group(signal.SIGKILL)
+        _signal_group(group, signal.SIGKILL)
     process.wait()
+
+
+def _signal_group(group: int, sig: int) -> bool:
+    """Whether the signal reached a process of ``group`` (POSIX only)."""
+    try:
+        os.killpg(group, sig)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # only zombies are left, or the group id was reused by another user
+        return False
+    return True
 
 
 def _group_has_live_members(group: int) -> bool:
@@ -140,6 +143,7 @@ class ScoringJob:
         self._error: str | None = None
         self._outputs: dict[str, str] = {}
         self._exited_at: float | None = None
+        self._strays_killed = False
         self.cancelled = False
         # Threads drain both pipes: reading them from poll() could block, and a full pipe would stall the child.
         self._readers = [threading.Thread(target=self._read_stderr, daemon=True),
@@ -175,22 +179,31 @@ class ScoringJob:
                     self._outputs[kind] = path
 
     def poll(self) -> JobStatus:
-        """Never blocks; ``finished`` becomes true once the process has exited and its output is read."""
+        """Never blocks; ``finished`` becomes true once the process has exited and its output is read, so
+        that nothing the GUI calls next waits. A finished job's processes still holding the pipes are ours
+        to kill (``PIPE_DRAIN_S``)."""
         finished = self._process.poll() is not None
-        if finished:
+        if finished and any(r.is_alive() for r in self._readers):
             now = time.monotonic()
-            self._exited_at = self._exited_at or now
-            readers_done = not any(r.is_alive() for r in self._readers)
-            finished = readers_done or now - self._exited_at > PIPE_DRAIN_S
+            if self._exited_at is None:
+                self._exited_at = now
+            waited = now - self._exited_at
+            if waited > PIPE_DRAIN_S and not self._strays_killed:
+                self._strays_killed = True
+                if os.name != "nt":  # the group outlives its exited leader while a member runs
+                    _signal_group(self._process.pid, signal.SIGKILL)
+            finished = waited > PIPE_DRAIN_S + STRAY_EOF_S
         with self._lock:
             return JobStatus(finished, self._progress)
 
     def wait(self, timeout: float | None = None) -> JobStatus:
-        """Blocks until the process exits and its output is read (for scripts and tests; the GUI polls)."""
+        """Blocks until ``poll`` reports the job finished (for scripts and tests; the GUI polls, and after
+        that this returns at once). ``timeout`` bounds the wait for the process to exit."""
         self._process.wait(timeout)
-        for reader in self._readers:
-            reader.join(PIPE_DRAIN_S)
-        return self.poll()
+        while not (status := self.poll()).finished:
+            for reader in self._readers:
+                reader.join(0.05)
+        return status
 
     @property
     def returncode(self) -> int | None:
