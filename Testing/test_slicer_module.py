@@ -28,7 +28,6 @@ from SlicerMAEAnomalyLib.dependencies import (
     is_satisfied,
     load_requirements,
     plan_dependencies,
-    torch_constraints,
 )
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -40,10 +39,11 @@ REQUIREMENTS = ROOT / "MAEAnomaly" / "Resources" / "requirements.txt"
 # Widget classes a parameter of each type may be bound to (see slicer.parameterNodeWrapper's connectors).
 BINDABLE = {"vtkMRMLScalarVolumeNode": {"qMRMLNodeComboBox"}, "float": {"ctkSliderWidget", "QDoubleSpinBox"},
             "Device": {"QComboBox"}, "BrainMask": {"QComboBox"}, "str": {"QLineEdit"},
-            "Union[slicer.vtkMRMLScalarVolumeNode, slicer.vtkMRMLSegmentationNode]": {"qMRMLNodeComboBox"}}
+            "Union[slicer.vtkMRMLScalarVolumeNode, slicer.vtkMRMLSegmentationNode, None]": {"qMRMLNodeComboBox"}}
 QT_CLASSES = {"QLabel", "QPushButton", "QProgressBar", "QComboBox", "QWidget"}
 # Packages that Slicer itself provides, or that only exist inside Slicer.
-PROVIDED = {"numpy", "SimpleITK", "slicer", "vtk", "qt", "ctk", "packaging", "pip", "PyTorchUtils", "torch"}
+PROVIDED = {"numpy", "SimpleITK", "slicer", "vtk", "qt", "ctk", "packaging", "pip", "PyTorchUtils", "SampleData",
+            "torch"}
 IMPORT_TO_DISTRIBUTION = {"sklearn": "scikit-learn"}
 
 
@@ -209,7 +209,8 @@ def test_torch_requirement_is_the_library_s() -> None:
 
 
 @pytest.mark.parametrize(("version", "missing", "outdated"), [
-    (None, True, False), ("2.1.2+cu118", False, True), ("2.4.0", False, False), ("2.5.1+cu121", False, False)])
+    (None, True, False), ("2.1.2+cu118", False, True), ("2.4.0", False, True), ("2.4.1", False, False),
+    ("2.5.1+cu121", False, False)])
 def test_dependency_plan_for_missing_old_and_good_torch(version: str | None, missing: bool, outdated: bool) -> None:
     plan = plan_dependencies(REQUIREMENTS, torch_version=version)
     assert (plan.torch_missing, plan.torch_outdated) == (missing, outdated)
@@ -234,35 +235,36 @@ class Recorder:
 
 def test_missing_torch_is_installed_with_the_version_the_library_needs(tmp_path: Path) -> None:
     """installTorch gets the library's requirement; the other packages are installed with the torch that is
-    then installed pinned, so that pip cannot replace it."""
+    then installed pinned (with everything else installed; see test_slicer_dependencies.py), so that pip
+    cannot replace it."""
     recorder = Recorder()
-    plan = DependencyPlan(torch_version=None, missing=[Requirement("monai>=1.4"), Requirement("timm>=1.0")])
+    plan = DependencyPlan(torch_version=None, missing=[Requirement("monai>=1.5"), Requirement("timm>=1.0")])
     prompts: list[str] = []
     install_dependencies(plan, lambda text: prompts.append(text) or True, Installers(recorder.torch, recorder.pip),
                          constraints_dir=tmp_path)
-    assert recorder.torch_requirements == [">=2.4"]
+    assert recorder.torch_requirements == [str(TORCH_REQUIREMENT.specifier)]
     (args, constraints), = recorder.pip_calls
-    assert args[:2] == ["monai>=1.4", "timm>=1.0"] and args[2] == "-c"
-    assert constraints == torch_constraints(importlib.metadata.version("torch")) == \
-        f"torch=={importlib.metadata.version('torch')}\n"
+    assert args[:2] == ["monai>=1.5", "timm>=1.0"] and args[2] == "-c"
+    assert f"torch=={importlib.metadata.version('torch')}" in constraints.splitlines()
     assert not list(tmp_path.iterdir()), "the constraints file is temporary"
-    assert len(prompts) == 2 and "PyTorch is kept" in prompts[1]
+    assert len(prompts) == 2 and "(PyTorch, numpy" in prompts[1] and "kept as they are" in prompts[1]
 
 
 def test_old_torch_is_updated_only_with_consent_and_asks_for_a_restart() -> None:
     recorder = Recorder()
-    plan = DependencyPlan(torch_version="2.1.2", missing=[Requirement("monai>=1.4")])
+    plan = DependencyPlan(torch_version="2.1.2", missing=[Requirement("monai>=1.5")])
     prompts: list[str] = []
+    required = str(TORCH_REQUIREMENT.specifier)
     with pytest.raises(MAEAnomalyError) as info:
         install_dependencies(plan, lambda text: prompts.append(text) or False, Installers(recorder.torch, recorder.pip))
-    assert str(info.value) == TORCH_OLD_DECLINED.format(installed="2.1.2", required=">=2.4")
-    assert "2.1.2" in prompts[0] and ">=2.4" in prompts[0] and not recorder.torch_requirements
+    assert str(info.value) == TORCH_OLD_DECLINED.format(installed="2.1.2", required=required)
+    assert "2.1.2" in prompts[0] and required in prompts[0] and not recorder.torch_requirements
     # Accepted: updated to the library's requirement; torch is loaded in this process (as it may be in
     # Slicer), so the user is asked to restart before anything else is installed.
     with pytest.raises(MAEAnomalyError) as info:
         install_dependencies(plan, lambda text: True, Installers(recorder.torch, recorder.pip))
     assert str(info.value).startswith("PyTorch was updated to ") and "restart Slicer" in str(info.value)
-    assert recorder.torch_requirements == [">=2.4"] and not recorder.pip_calls
+    assert recorder.torch_requirements == [required] and not recorder.pip_calls
 
 
 def test_good_torch_is_left_alone() -> None:
@@ -271,7 +273,7 @@ def test_good_torch_is_left_alone() -> None:
     install_dependencies(plan, lambda text: True, Installers(recorder.torch, recorder.pip))
     assert not recorder.torch_requirements
     (_args, constraints), = recorder.pip_calls
-    assert constraints.startswith("torch==")
+    assert f"torch=={importlib.metadata.version('torch')}" in constraints.splitlines()
 
 
 def test_the_default_display_threshold_hides_the_shipped_models_healthy_tissue_and_fits_the_slider() -> None:

@@ -2,18 +2,21 @@
 
 torch comes from the PyTorch extension's installer (it picks the CUDA build that fits the driver), with the
 version the library needs. The other packages come from ``requirements.txt`` through pip with a constraints
-file that pins the installed torch, so that installing them (monai, timm) can never replace the torch
-that the PyTorch extension chose (pip would otherwise fetch a PyPI build, CPU-only on Windows). Nothing here
-imports Qt; the caller passes a ``confirm`` function.
+file that pins every distribution already installed in Slicer's Python at its installed version (numpy,
+scipy, SimpleITK, torch, ...), so that installing them (monai, timm) can never replace a package that Slicer,
+the PyTorch extension or another extension installed: without the pins pip may downgrade Slicer's numpy for
+an old monai, or fetch a PyPI torch (CPU-only on Windows). Nothing here imports Qt; the caller passes a
+``confirm`` function.
 """
 
 from __future__ import annotations
 
 import importlib.metadata
 import logging
+import re
 import sys
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -21,13 +24,26 @@ try:
     from packaging.requirements import InvalidRequirement, Requirement
 except ImportError:  # every Slicer ships pip, which vendors packaging
     from pip._vendor.packaging.requirements import InvalidRequirement, Requirement
+try:
+    from packaging.version import InvalidVersion, Version
+except ImportError:
+    from pip._vendor.packaging.version import InvalidVersion, Version
 
 from MAEAnomalyLib.errors import MAEAnomalyError
 
 ConfirmFn = Callable[[str], bool]
 
-# What the library needs (pyproject.toml's torch requirement; a test keeps the two equal).
-TORCH_REQUIREMENT = Requirement("torch>=2.4")
+# What the library needs (pyproject.toml's torch requirement; a test keeps the two equal). 2.4.1 is the floor of
+# monai 1.5, the first monai that allows numpy 2 (monai 1.4 needs numpy<2, which would replace Slicer's numpy).
+TORCH_REQUIREMENT = Requirement("torch>=2.4.1")
+# Distributions that are never replaced, even when a requirement asks for a newer version: the Python packages
+# Slicer 5.10 itself installs (SuperBuild/External_python-*.cmake at v5.10.0, SimpleITK and VTK), which Slicer's
+# own modules and every extension rely on, and torch, which only the PyTorch extension's installer changes.
+PROTECTED = frozenset({
+    "numpy", "scipy", "simpleitk", "vtk", "pip", "setuptools", "wheel", "packaging", "pyparsing", "pydicom",
+    "pillow", "six", "retrying", "dicomweb-client", "chardet", "couchdb", "gitdb", "smmap", "gitpython",
+    "cryptography", "pyjwt", "wrapt", "deprecated", "pycparser", "cffi", "pynacl", "python-dateutil",
+    "typing-extensions", "pygithub", "certifi", "idna", "charset-normalizer", "urllib3", "requests", "torch"})
 
 TORCH_PROMPT = (
     "MAEAnomaly needs PyTorch, which is not installed in Slicer's Python environment.\n\n"
@@ -45,6 +61,8 @@ TORCH_EXTENSION_MISSING = ("PyTorch is not installed and the PyTorch extension i
                            "'PyTorch' extension from the Extension Manager and restart Slicer")
 TORCH_RESTART = "PyTorch was updated to {installed}; restart Slicer, then press Apply again"
 PACKAGES_DECLINED = "required Python packages are missing and their installation was declined: {missing}"
+PACKAGE_PROTECTED = ("MAEAnomaly needs {requirement}, but Slicer's Python has {name} {installed}, which is part "
+                     "of Slicer (or of the PyTorch extension) and is never replaced; use a newer Slicer")
 PACKAGES_FAILED = ("installing Python packages failed ({reason}); check the network connection and the "
                    "Python console for pip's log, then press Apply again")
 
@@ -147,9 +165,55 @@ def install_dependencies(plan: DependencyPlan, confirm: ConfirmFn, installers: I
         _install_requirements(plan.missing, confirm, installers.pip, constraints_dir)
 
 
-def torch_constraints(version: str) -> str:
-    """A pip constraints file that keeps the installed torch exactly as it is."""
-    return f"torch=={version}\n"
+def canonical_name(name: str) -> str:
+    """A distribution name as pip compares it (PEP 503: case and runs of ``-_.`` do not matter)."""
+    return re.sub(r"[-_.]+", "-", name).lower()
+
+
+def installed_distributions() -> list[tuple[str | None, str | None]]:
+    """(name, version) of every distribution in this Python, in ``sys.path`` order (read from metadata)."""
+    return [(dist.metadata["Name"], dist.version) for dist in importlib.metadata.distributions()]
+
+
+def installed_constraints(distributions: Iterable[tuple[str | None, str | None]],
+                          requirements: Iterable[Requirement] = ()) -> str:
+    """A pip constraints file that keeps every installed distribution at its installed version (``name==version``,
+    sorted), so that installing ``requirements`` changes nothing that is already there.
+
+    Distributions without a name or a valid version are skipped; of duplicates the first counts (the one that
+    ``import`` finds). The one exception is a requirement whose installed version fails it (an old monai from
+    another extension): pinning it would make pip's resolution impossible, and upgrading it is what we ask for,
+    so it is left unpinned. Slicer's own packages and torch (``PROTECTED``) are never unpinned: a requirement
+    they fail raises ``MAEAnomalyError`` instead. A requirement that is not installed needs no pin.
+    """
+    applicable = [r for r in requirements if r.marker is None or r.marker.evaluate()]
+    versions: dict[str, str] = {}
+    seen: set[str] = set()
+    for name, version in distributions:
+        key = canonical_name(name) if name else ""
+        if not key or key in seen:
+            continue
+        seen.add(key)
+        if version and _valid_version(version):  # pip rejects a constraint whose version it cannot parse
+            versions[key] = version
+    for requirement in applicable:
+        key = canonical_name(requirement.name)
+        version = versions.get(key)
+        if version is None or requirement.specifier.contains(version, prereleases=True):
+            continue
+        if key in PROTECTED:
+            raise MAEAnomalyError(PACKAGE_PROTECTED.format(requirement=requirement, name=requirement.name,
+                                                           installed=version))
+        del versions[key]  # the upgrade we ask pip for
+    return "".join(f"{name}=={version}\n" for name, version in sorted(versions.items()))
+
+
+def _valid_version(version: str) -> bool:
+    try:
+        Version(version)
+    except InvalidVersion:
+        return False
+    return True
 
 
 def _pytorch_utils_installer() -> Callable[[str], object]:
@@ -176,23 +240,21 @@ def _install_torch(install: Callable[[str], object], requirement: str) -> None:
 def _install_requirements(missing: list[Requirement], confirm: ConfirmFn,
                           pip: Callable[[list[str]], None] | None, constraints_dir: str | Path | None) -> None:
     names = ", ".join(str(r) for r in missing)
+    # Before asking: a requirement that only replacing one of Slicer's own packages could meet is refused here.
+    constraints_text = installed_constraints(installed_distributions(), missing)
     if not confirm(f"MAEAnomaly needs these Python packages, which are missing:\n\n{names}\n\n"
-                   "Install them now with pip? This changes Slicer's Python environment; the installed "
-                   "PyTorch is kept as it is."):
+                   "Install them now with pip? This changes Slicer's Python environment; the packages already "
+                   "installed (PyTorch, numpy and the rest of Slicer's) are kept as they are."):
         raise MAEAnomalyError(PACKAGES_DECLINED.format(missing=names))
     if pip is None:
         import slicer.util
 
         pip = slicer.util.pip_install
     with tempfile.TemporaryDirectory(dir=constraints_dir) as folder:
-        args = [str(r) for r in missing]
-        version = installed_version("torch")
-        if version is not None:
-            constraints = Path(folder) / "constraints.txt"
-            constraints.write_text(torch_constraints(version), encoding="utf-8")
-            args += ["-c", str(constraints)]
+        constraints = Path(folder) / "constraints.txt"
+        constraints.write_text(constraints_text, encoding="utf-8")
         try:
-            pip(args)
+            pip([*(str(r) for r in missing), "-c", str(constraints)])
         except Exception as exc:
             raise MAEAnomalyError(PACKAGES_FAILED.format(reason=_one_line(exc))) from None
     logging.info("MAEAnomaly installed %s", names)
