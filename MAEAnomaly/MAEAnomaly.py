@@ -55,6 +55,11 @@ class MAEAnomaly(ScriptedLoadableModule):
         self.parent.acknowledgementText = (
             "Method: M.-I. Georgescu, 'Masked Autoencoders for Unsupervised Anomaly Detection in Medical Images', "
             "KES 2023.")
+        if not UNSUPPORTED:
+            # The bundled IXI sample in the Sample Data module, once the application has started.
+            from SlicerMAEAnomalyLib.sampledata import registerSampleDataOnStartup
+
+            registerSampleDataOnStartup()
 
 
 if UNSUPPORTED:
