@@ -1,6 +1,8 @@
 """Model directories: ``config.json`` plus ``mae.safetensors`` and ``classifier.safetensors``.
 
-Loading validates everything and never unpickles anything.
+Loading validates everything and never unpickles anything. Weights are written as float32 unless a
+compact storage dtype (float16 or bfloat16) is asked for explicitly; half-precision weights load as
+float32, so the model always runs in float32.
 """
 
 from __future__ import annotations
@@ -18,12 +20,14 @@ from torch import nn
 from .config import FORMAT_VERSION, ModelConfig
 from .config_rules import RemovedSetting
 from .errors import MAEAnomalyError
-from .files import atomic_outputs
+from .files import AtomicWriter, atomic_outputs
 from .models import MaskedAutoencoder, build_classifier
 
 CONFIG_NAME = "config.json"
 WEIGHT_NAMES = ("mae", "classifier")
 _PICKLE_MAGICS = (b"\x80", b"PK\x03\x04")  # raw pickle protocol 2+, torch.save zip archive
+# Storage dtypes of float32 parameters: what a model directory may hold, and what loads as float32.
+STORAGE_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
 
 @dataclass
@@ -62,24 +66,74 @@ def library_versions() -> dict[str, str]:
             "python": platform.python_version()}
 
 
-def save_model(model: AnomalyModel, directory: str | Path) -> None:
-    """Writes the model directory; every file appears at once, or none does."""
+def storage_dtype(dtype: str | torch.dtype) -> torch.dtype:
+    """``float32``, ``float16`` or ``bfloat16`` (a name or a torch dtype); anything else is an error."""
+    found = STORAGE_DTYPES.get(dtype) if isinstance(dtype, str) else dtype
+    if found not in STORAGE_DTYPES.values():
+        raise MAEAnomalyError(f"unknown weight storage dtype {dtype} (choose {', '.join(STORAGE_DTYPES)})")
+    return found
+
+
+def stored_state(net: nn.Module, dtype: str | torch.dtype = torch.float32) -> dict[str, torch.Tensor]:
+    """A network's tensors as they are written: float32 ones cast to ``dtype``, the rest unchanged.
+    Refuses a cast that makes a finite value infinite (float16 ends at 65504)."""
+    dtype = storage_dtype(dtype)
+    state = {}
+    for key, value in net.state_dict().items():
+        value = value.detach().cpu()
+        if value.dtype == torch.float32 and dtype != torch.float32:
+            cast = value.to(dtype)
+            if not bool(torch.isfinite(cast).all()) and bool(torch.isfinite(value).all()):
+                raise MAEAnomalyError(f"{key} has values out of the range of {dtype}; store the model as float32")
+            value = cast
+        state[key] = value.contiguous()
+    return state
+
+
+def _weights(model: AnomalyModel, dtype: torch.dtype) -> dict[str, dict[str, torch.Tensor]]:
+    return {name: stored_state(getattr(model, name), dtype) for name in WEIGHT_NAMES}
+
+
+def _write_weights(writer: AtomicWriter, states: dict[str, dict[str, torch.Tensor]], directory: Path,
+                   dtype: torch.dtype) -> None:
+    metadata = {"format_version": str(FORMAT_VERSION)}
+    if dtype != torch.float32:
+        metadata["stored_as"] = str(dtype).removeprefix("torch.")  # loads as float32
+    for name, state in states.items():
+        writer.write_with(directory / f"{name}.safetensors",
+                          lambda tmp, state=state: save_file(state, str(tmp), metadata=metadata),
+                          lambda tmp, state=state: _same_tensors(load_file(str(tmp)), state))
+
+
+def save_model(model: AnomalyModel, directory: str | Path, dtype: str | torch.dtype = torch.float32) -> None:
+    """Writes the model directory; every file appears at once, or none does. ``dtype`` (float16 or
+    bfloat16) stores the float32 weights compactly, rounded; they load as float32."""
     directory = Path(directory)
+    dtype = storage_dtype(dtype)
+    states = _weights(model, dtype)  # before anything is written: a cast out of range writes nothing
     model.config.format_version = FORMAT_VERSION
     model.config.versions = library_versions()
     with atomic_outputs() as writer:
-        for name in WEIGHT_NAMES:
-            net = getattr(model, name)
-            state = {k: v.detach().cpu().contiguous() for k, v in net.state_dict().items()}
-            writer.write_with(directory / f"{name}.safetensors",
-                              lambda tmp, state=state: save_file(state, str(tmp),
-                                                                 metadata={"format_version": str(FORMAT_VERSION)}),
-                              lambda tmp, state=state: _same_tensors(load_file(str(tmp)), state))
+        _write_weights(writer, states, directory, dtype)
         writer.write_text(json.dumps(model.config.to_dict(), indent=2) + "\n", directory / CONFIG_NAME)
+
+
+def compact_weights(directory: str | Path, dtype: str | torch.dtype = torch.float16) -> None:
+    """Rewrites a model directory's weights in ``dtype`` (rounded), in place; ``config.json`` is left as it is.
+    Compare the compact model's scores with the float32 ones before shipping it (models/README.md)."""
+    directory = Path(directory)
+    dtype = storage_dtype(dtype)
+    states = _weights(load_model(directory), dtype)
+    with atomic_outputs() as writer:
+        _write_weights(writer, states, directory, dtype)
 
 
 def _same_tensors(read: dict[str, torch.Tensor], written: dict[str, torch.Tensor]) -> bool:
     return read.keys() == written.keys() and all(torch.equal(read[k], written[k]) for k in written)
+
+
+def _half_of_float32(stored: torch.dtype, expected: torch.dtype) -> bool:
+    return expected == torch.float32 and stored in (torch.float16, torch.bfloat16)
 
 
 def _looks_like_pickle(path: Path) -> bool:
@@ -142,11 +196,14 @@ def load_model(directory: str | Path) -> AnomalyModel:
         expected = net.state_dict()
         if set(state) != set(expected) or any(state[k].shape != expected[k].shape for k in expected):
             raise MAEAnomalyError("model is damaged: weights do not match config.json", path)
-        wrong = next((k for k in expected if state[k].dtype != expected[k].dtype), None)
+        wrong = next((k for k in expected if state[k].dtype != expected[k].dtype
+                      and not _half_of_float32(state[k].dtype, expected[k].dtype)), None)
         if wrong is not None:
             raise MAEAnomalyError(f"model is damaged: {wrong} is stored as {state[wrong].dtype}, not "
                                   f"{expected[wrong].dtype}", path)
         if not all(bool(torch.isfinite(v).all()) for v in state.values()):
             raise MAEAnomalyError("model is damaged: weights contain NaN or infinite values", path)
+        # Compact storage: half-precision weights become float32 (exactly: every half value is a float32).
+        state = {k: v.to(expected[k].dtype) for k, v in state.items()}
         net.load_state_dict(state)
     return model.eval()

@@ -3,14 +3,20 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
+import numpy as np
 import pytest
+import SimpleITK as sitk
 import torch
+from safetensors.torch import load_file
 
 from MAEAnomalyLib.config import ModelConfig, preset
+from MAEAnomalyLib.data.synthetic import make_subject
 from MAEAnomalyLib.errors import MAEAnomalyError
-from MAEAnomalyLib.model_io import AnomalyModel, load_config, load_model, save_model
+from MAEAnomalyLib.model_io import AnomalyModel, compact_weights, load_config, load_model, save_model
+from MAEAnomalyLib.scoring.scores import score_image
 
 
 @pytest.mark.parametrize("pool", ["token", "avg", "max"])
@@ -107,3 +113,74 @@ def test_removed_settings_load_only_at_their_old_default(tmp_path: Path, section
         load_model(tmp_path / "m")
     message = str(info.value)
     assert "\n" not in message and f"{section}.{name} is {other!r}" in message and "no longer supports" in message
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_half_precision_weights_load_as_float32_rounded(tmp_path: Path, dtype: torch.dtype) -> None:
+    torch.manual_seed(0)
+    cfg = preset("tiny")
+    cfg.threshold = 0.25
+    model = AnomalyModel.from_config(cfg)
+    save_model(model, tmp_path / "full")
+    save_model(model, tmp_path / "half", dtype=dtype)
+    for name in ("mae", "classifier"):
+        stored = load_file(str(tmp_path / "half" / f"{name}.safetensors"))
+        assert {v.dtype for v in stored.values()} == {dtype}
+        half = (tmp_path / "half" / f"{name}.safetensors").stat().st_size
+        assert half < 0.55 * (tmp_path / "full" / f"{name}.safetensors").stat().st_size
+    loaded = load_model(tmp_path / "half")
+    for name in ("mae", "classifier"):
+        original, got = getattr(model, name).state_dict(), getattr(loaded, name).state_dict()
+        assert all(v.dtype == torch.float32 for v in got.values())
+        assert all(torch.equal(got[k], original[k].to(dtype).float()) for k in original)
+    assert loaded.config.to_dict() == load_config(tmp_path / "full").to_dict()
+
+
+def test_compact_weights_rewrites_the_weights_only(untrained_model_dir: Path, tmp_path: Path) -> None:
+    copy = tmp_path / "m"
+    shutil.copytree(untrained_model_dir, copy)
+    config = (copy / "config.json").read_bytes()
+    compact_weights(copy, "float16")
+    assert (copy / "config.json").read_bytes() == config
+    assert {v.dtype for v in load_file(str(copy / "mae.safetensors")).values()} == {torch.float16}
+    before = (copy / "mae.safetensors").read_bytes()
+    compact_weights(copy, "float16")  # a second time changes nothing
+    assert (copy / "mae.safetensors").read_bytes() == before
+
+
+def test_compact_scores_agree_with_float32(untrained_model_dir: Path, tmp_path: Path) -> None:
+    compact = tmp_path / "m"
+    shutil.copytree(untrained_model_dir, compact)
+    compact_weights(compact, "float16")
+    subject = make_subject(3, lesion=True)
+    full = score_image(load_model(untrained_model_dir), subject.image, subject.brain_mask)
+    half = score_image(load_model(compact), subject.image, subject.brain_mask)
+    brain = full.table["skipped"] == 0
+    for column in ("score", "mae_l1", "ssim"):
+        assert np.allclose(full.table[column][brain], half.table[column][brain], rtol=0, atol=1e-3), column
+    diff_full, diff_half = (sitk.GetArrayFromImage(r.difference) for r in (full, half))
+    assert np.allclose(diff_full, diff_half, rtol=0, atol=1e-2)
+
+
+def test_compact_storage_is_explicit_and_checked(tmp_path: Path) -> None:
+    cfg = preset("tiny")
+    cfg.threshold = 0.5
+    model = AnomalyModel.from_config(cfg)
+    with pytest.raises(MAEAnomalyError, match="unknown weight storage dtype int8"):
+        save_model(model, tmp_path / "m", dtype="int8")
+    with torch.no_grad():
+        model.classifier.norm.weight[0] = 1e5  # beyond float16's 65504
+    with pytest.raises(MAEAnomalyError, match=r"out of the range of torch\.float16"):
+        save_model(model, tmp_path / "m", dtype=torch.float16)
+    assert not (tmp_path / "m").exists()
+    save_model(model, tmp_path / "m", dtype=torch.bfloat16)  # bfloat16 has float32's range
+    assert load_model(tmp_path / "m").classifier.norm.weight[0] == 99840  # 1e5 rounded to bfloat16's 8 bits
+
+
+def test_half_precision_weights_in_a_pickle_are_still_refused(untrained_model_dir: Path, tmp_path: Path) -> None:
+    copy = tmp_path / "m"
+    shutil.copytree(untrained_model_dir, copy)
+    state = {k: v.half() for k, v in load_file(str(copy / "mae.safetensors")).items()}
+    torch.save(state, copy / "mae.safetensors")
+    with pytest.raises(MAEAnomalyError, match="unreadable weights"):
+        load_model(copy)

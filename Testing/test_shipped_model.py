@@ -4,6 +4,7 @@ runs end to end with it."""
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -11,9 +12,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from safetensors import safe_open
 
 from MAEAnomalyLib.data.synthetic import make_subject
-from MAEAnomalyLib.model_io import load_model
+from MAEAnomalyLib.model_io import STORAGE_DTYPES, WEIGHT_NAMES, load_model
 from MAEAnomalyLib.scoring.scores import score_image
 from MAEAnomalyLib.shipped import DEFAULT_MODEL, models_dir, resolve_model, shipped_models
 
@@ -46,6 +48,33 @@ def test_the_shipped_model_scores_a_generated_volume() -> None:
     assert np.isfinite(table["mae_l1_position"][brain]).all()
     assert not np.array_equal(table["score"], table["probability"])  # the score is calibrated by position
     assert result.difference.GetSize() == subject.image.GetSize()
+
+
+def test_the_shipped_weights_are_stored_as_models_readme_says_and_load_as_float32() -> None:
+    model_dir = resolve_model(None)
+    stored = set()
+    for name in WEIGHT_NAMES:
+        with safe_open(str(model_dir / f"{name}.safetensors"), framework="pt") as weights:
+            stored |= {weights.get_slice(key).get_dtype() for key in weights.keys()}  # noqa: SIM118
+    names = {"F32": "float32", "F16": "float16", "BF16": "bfloat16"}
+    assert len(stored) == 1, stored  # one storage dtype for the whole model
+    dtype = names.get(stored.pop())
+    assert dtype in STORAGE_DTYPES
+    readme = (ROOT / "models" / "README.md").read_text(encoding="utf-8")
+    assert f"`{DEFAULT_MODEL}`: weights stored as {dtype}" in readme
+    model = load_model(model_dir)
+    for net in (model.mae, model.classifier):
+        assert {p.dtype for p in net.state_dict().values()} == {torch.float32}
+
+
+@pytest.mark.skipif(shutil.which("git") is None or not (ROOT / ".git").exists(), reason="not a git checkout")
+def test_the_clone_size_check_fails_over_its_limit() -> None:
+    script = ROOT / "scripts" / "clone_size.sh"
+    over = subprocess.run(["bash", str(script), "1"], capture_output=True, text=True, timeout=300)
+    assert over.returncode == 1, over.stderr
+    last = over.stderr.strip().splitlines()[-1]  # before it, at most a warning that the checkout is shallow
+    assert "a full clone is" in last and "MB, over the limit of 1 MB" in last
+    assert subprocess.run(["bash", str(script), "ninety"], capture_output=True, timeout=60).returncode == 2
 
 
 @pytest.mark.slow
