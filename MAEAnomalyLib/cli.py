@@ -161,7 +161,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("train", help="train a model on healthy volumes")
     p.add_argument("--images", nargs="+", required=True,
                    help="training volumes: files, DICOM folders, folders of volumes, or .txt lists of paths")
-    p.add_argument("--masks", nargs="+", help="foreground masks, paired with --images in order (same forms)")
+    p.add_argument("--masks", nargs="+", help="foreground masks, paired with --images (by name from folders)")
     p.add_argument("--labels", nargs="+", help="label maps; slices with any voxel > 0 are left out (same forms)")
     p.add_argument("--out", required=True, help="model directory to write")
     p.add_argument("--preset", choices=PRESETS, default="small",
@@ -197,7 +197,7 @@ def build_parser() -> argparse.ArgumentParser:
                      help="a cohort: files, DICOM folders, folders of volumes, or .txt lists of paths")
     p.add_argument("--brain-mask", default="auto", metavar="auto|none|PATH", help=BRAIN_MASK_HELP)
     p.add_argument("--mask", help="with --image: the same as --brain-mask PATH")
-    p.add_argument("--masks", nargs="+", help="brain masks, paired with --images in order (same forms)")
+    p.add_argument("--masks", nargs="+", help="brain masks, paired with --images (by name from folders)")
     p.add_argument("--out-dir", required=True, help="folder for the outputs (created if needed)")
     p.add_argument("--workers", type=int,
                    help="with --images: processes preparing volumes ahead of the scoring (default: 2; 0: none)")
@@ -214,7 +214,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", help=MODEL_HELP)
     p.add_argument("--images", nargs="+", required=True, help="labelled volumes to score")
     p.add_argument("--labels", nargs="+", required=True, help="label maps; a slice is abnormal if any voxel > 0")
-    p.add_argument("--masks", nargs="+", help="foreground masks, paired with --images in order")
+    p.add_argument("--masks", nargs="+", help="foreground masks, paired with --images (by name from folders)")
     p.add_argument("--brain-mask", default="auto", choices=("auto", "none"),
                    help="without --masks: auto extracts the brain unless skull-stripped (default), none uses "
                         "the head")
@@ -265,14 +265,23 @@ def _terminated_on_sigterm(enabled: bool) -> Iterator[None]:
         signal.signal(signal.SIGTERM, previous)
 
 
+def _sets_committed() -> int:
+    """Sets of outputs committed so far (``files`` is imported only by commands that write)."""
+    files = sys.modules.get(f"{__package__}.files")
+    return files.sets_committed() if files is not None else 0
+
+
 def main(argv: Sequence[str] | None = None, raise_errors: bool = False) -> int:
     """Entry point; user errors become one line on stderr and exit code 2."""
     args = build_parser().parse_args(argv)
+    committed = _sets_committed()
     try:
         with _terminated_on_sigterm(args.command != "train"):  # train stops at a batch boundary itself
             return args.func(args)
     except Terminated:
-        print("maeanomaly: terminated (SIGTERM); nothing was written", file=sys.stderr)
+        # A SIGTERM that arrives while a set is renamed waits for its end (files.signals_deferred).
+        done = "nothing was written" if _sets_committed() == committed else "its outputs were written whole before it"
+        print(f"maeanomaly: terminated (SIGTERM); {done}", file=sys.stderr)
         return 143
     except MAEAnomalyError as exc:
         if raise_errors:

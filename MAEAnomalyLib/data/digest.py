@@ -19,7 +19,7 @@ def _blocks(path: Path) -> Iterator[bytes]:
             yield block
 
 
-def _data_files(header: Path) -> list[Path]:
+def data_files(header: Path) -> list[Path]:
     """The files holding the voxels of a detached header (.mhd, .nhdr, Analyze .hdr/.img)."""
     name = header.name.lower()
     if name.endswith((".hdr", ".img")):
@@ -42,16 +42,20 @@ def _data_files(header: Path) -> list[Path]:
 def content_digest(path: str | Path) -> str:
     """SHA-256 of a file's bytes (with its detached voxel data), or of every file (with its relative
     name) inside a DICOM folder."""
+    from .io import DENIED, check_input  # io uses data_files: imported here, not at the top
+
     path = Path(path)
-    if not path.exists():
-        raise MAEAnomalyError("file not found", path)
+    check_input(path)  # before anything opens it: a FIFO would block for ever
     digest = hashlib.sha256()
     if path.is_dir():
         named = [(p.relative_to(path).as_posix(), p) for p in sorted(p for p in path.rglob("*") if p.is_file())]
     else:  # the content alone: a copy elsewhere finds the same entry
-        named = [("", p) for p in (path, *_data_files(path))]
+        named = [("", p) for p in (path, *data_files(path))]
     for name, item in named:
         digest.update(name.encode() + b"\0")
-        for block in _blocks(item):
-            digest.update(block)
+        try:
+            for block in _blocks(item):
+                digest.update(block)
+        except PermissionError:  # a file inside a DICOM folder
+            raise MAEAnomalyError(DENIED, item) from None
     return digest.hexdigest()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import errno
 import gzip
 import os
+import stat
 import struct
 import zlib
 from collections.abc import Sequence
@@ -15,6 +16,7 @@ import numpy as np
 import SimpleITK as sitk
 
 from ..errors import MAEAnomalyError
+from .digest import data_files
 
 VOLUME_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd", ".img", ".hdr")
 # Scores run over slices of the LPS-oriented volume: index k grows from inferior to superior.
@@ -158,9 +160,45 @@ def _missing(path: Path) -> str:
     return f"broken symbolic link (it points to {os.readlink(path)}, which does not exist)"
 
 
+_NOT_REGULAR = ((stat.S_ISFIFO, "a named pipe (FIFO)"), (stat.S_ISSOCK, "a socket"),
+                (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"))
+DENIED = "cannot read (permission denied)"
+
+
+def _refuse_special(path: Path, mode: int) -> None:
+    if not (stat.S_ISREG(mode) or stat.S_ISDIR(mode)):
+        kind = next((name for test, name in _NOT_REGULAR if test(mode)), "not a file")
+        raise MAEAnomalyError(f"is {kind}, not a regular file or a folder", path)
+
+
+def check_input(path: str | Path) -> None:
+    """Refuses, before anything opens it, an input that is not a regular file or a folder (opening a FIFO
+    would wait for a writer for ever) or that cannot be read, so that the message names the real cause."""
+    path = Path(path)
+    try:
+        mode = path.stat().st_mode
+    except PermissionError:  # a folder on the way that may not be searched
+        raise MAEAnomalyError(DENIED, path) from None
+    except OSError:
+        raise MAEAnomalyError(_missing(path), path) from None
+    _refuse_special(path, mode)
+    try:
+        if stat.S_ISDIR(mode):
+            os.listdir(path)
+            return
+        for item in (path, *data_files(path)):  # with a detached header's voxel files
+            if item != path:
+                _refuse_special(item, item.stat().st_mode)
+            with item.open("rb"):
+                pass
+    except PermissionError as exc:
+        raise MAEAnomalyError(DENIED, exc.filename or path) from None
+    except OSError:
+        pass  # a voxel file gone meanwhile: the reader names it
+
+
 def _read_any(path: Path) -> sitk.Image:
-    if not path.exists():
-        raise MAEAnomalyError(_missing(path), path)
+    check_input(path)
     if path.is_dir():
         reader = sitk.ImageSeriesReader()
         series = reader.GetGDCMSeriesIDs(str(path))

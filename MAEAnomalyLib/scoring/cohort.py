@@ -4,8 +4,9 @@ prepared ahead in worker processes, the cohort split across ranks under ``torchr
 
 Each volume's outputs are those of ``score --image`` under a name unique in the cohort, committed
 together with a record of the input and model they came from; ``--resume`` skips a volume whose
-record matches and whose outputs are all there. A volume that cannot be read, prepared, scored or
-written gets its error in ``cohort.csv`` and on stderr, and nothing else.
+record matches and whose outputs all match their recorded size and SHA-256. A volume that cannot be
+read, prepared, scored or written gets its error in ``cohort.csv`` and on stderr, and nothing else. One
+run at a time writes into a folder.
 """
 
 from __future__ import annotations
@@ -24,19 +25,24 @@ import torch
 import torch.distributed as torch_dist
 from tqdm import tqdm
 
-from ..data.inputs import check_pairs
+from ..data.inputs import pair
 from ..errors import MAEAnomalyError
-from ..files import atomic_outputs, refuse_inputs, write_failure
+from ..files import atomic_outputs, one_run_at_a_time, refuse_inputs, write_failure
 from ..model_io import AnomalyModel, load_model
 from ..training.distributed import Dist, session
 from .cohort_table import (
     COHORT_CSV,
     OK,
+    RECORDS,
+    RUN_LOCK,
     cohort_csv,
     failed_row,
     model_digest,
     output_names,
+    outputs_intact,
+    read_record,
     record_path,
+    same_inputs,
     volume_record,
     volume_row,
 )
@@ -84,27 +90,23 @@ class CohortResult:
 
 
 def cohort_volumes(images: Sequence[str], masks: Sequence[str] | None) -> list[Volume]:
-    """The cohort's volumes in input order, masks paired in order, each with its output name."""
+    """The cohort's volumes in input order, masks paired (see ``data.inputs.pair``), each with its output name."""
     if not images:
         raise MAEAnomalyError("--images lists no volumes")
-    check_pairs(images, masks, "--masks")
+    masks = pair(images, masks, "--masks")  # by name where a folder was expanded
     names = output_names(images)
-    return [Volume(i, str(image), str(masks[i]) if masks else None, names[i]) for i, image in enumerate(images)]
+    return [Volume(i, str(image), masks[i] if masks else None, names[i]) for i, image in enumerate(images)]
 
 
 def complete_row(volume: Volume, out_dir: Path, record: str) -> dict | None:
-    """The volume's row if an earlier run finished it from this input and model, else None."""
-    try:
-        if record_path(out_dir, volume.name).read_text(encoding="utf-8") != record:
-            return None
-    except (OSError, UnicodeDecodeError):
-        return None
-    paths = output_paths(out_dir, volume.name)
-    # The record is committed last, in the same set as every output: these three are always in that set.
-    if not all(paths[kind].is_file() for kind in ("scores", "difference", "report")):
+    """The volume's row if an earlier run finished it from this input and model and its outputs are all
+    still as written, else None."""
+    written = read_record(record_path(out_dir, volume.name))
+    # Committed last, in the same set as every output, it lists each with its size and SHA-256.
+    if written is None or not same_inputs(written, record) or not outputs_intact(written, out_dir):
         return None
     try:
-        table = read_table_csv(paths["scores"])
+        table = read_table_csv(output_paths(out_dir, volume.name)["scores"])
     except MAEAnomalyError:
         return None
     return volume_row(volume.image, volume.mask, volume.name, table)
@@ -114,8 +116,7 @@ def _write(result: VolumeScores, volume: Volume, record: str, out_dir: Path, bra
            ) -> tuple[dict, float]:
     """Writes a volume's outputs and then its record, all or none; returns its row and the seconds spent."""
     start = time.perf_counter()
-    write_score_outputs(result, out_dir, volume.name, brain_mask=brain_mask,
-                        also=lambda writer: writer.write_text(record, record_path(out_dir, volume.name)))
+    write_score_outputs(result, out_dir, volume.name, record, brain_mask=brain_mask)
     return volume_row(volume.image, volume.mask, volume.name, result.table), time.perf_counter() - start
 
 
@@ -177,6 +178,20 @@ def _score_share(model: AnomalyModel, share: list[Volume], records: dict[int, st
     return rows, seconds
 
 
+def _one_writer(run: contextlib.ExitStack, out_dir: Path, dist: Dist) -> None:
+    """Rank 0 holds the folder's run lock until the run ends (``cohort.csv`` must describe the files on
+    disk); every rank stops when another run holds it."""
+    refused = None
+    if dist.is_main:
+        try:
+            run.enter_context(one_run_at_a_time(Path(out_dir) / RECORDS / RUN_LOCK, out_dir, "--out-dir"))
+        except MAEAnomalyError as exc:
+            refused = (exc.problem, exc.path)
+    refused = _broadcast(refused, dist)
+    if refused is not None:
+        raise MAEAnomalyError(*refused)
+
+
 def _broadcast(value: object, dist: Dist) -> object:
     """Rank 0's ``value`` on every rank."""
     if dist.world == 1:
@@ -210,7 +225,8 @@ def score_cohort(model_dir: str | Path, images: Sequence[str], masks: Sequence[s
     if out_dir.exists() and not out_dir.is_dir():
         raise write_failure(out_dir, "a file is in the way of the output folder")
     records = {v.index: volume_record(v.image, v.mask, digest, options.brain_mask) for v in volumes}
-    with session(options.device) as dist:
+    with session(options.device) as dist, contextlib.ExitStack() as run:
+        _one_writer(run, out_dir, dist)
         model.to(dist.device)
         done: dict[int, dict] = {}
         if options.resume and dist.is_main:

@@ -17,13 +17,17 @@ import numpy as np
 
 from ..data.io import volume_name
 from ..errors import MAEAnomalyError
+from ..files import file_digest
 
 COHORT_CSV = "cohort.csv"
 COHORT_COLUMNS = ("image", "mask", "name", "slices_scored", "max_score", "max_slice", "max_position_mm",
                   "flagged_slices", "flagged_ranges", "status")
-# One small JSON per finished volume, committed with its outputs, so that --resume can tell a complete
-# volume of this very input and model from one that is missing, half done, or of other inputs.
+# One small JSON per scored volume (by ``score --images`` and ``score --image``), committed with its
+# outputs: the input and model they came from, and each output's size and SHA-256. By it --resume tells
+# a complete volume of this very input and model from one that is missing, changed, or of other inputs,
+# and a later run tells the files MAEAnomaly wrote (which it may replace) from the user's own.
 RECORDS = ".maeanomaly-cohort"
+RUN_LOCK = "run.lock"  # held by the run writing into the folder (files.one_run_at_a_time)
 OK = "ok"
 
 
@@ -31,17 +35,31 @@ def _absolute(path: str | Path) -> str:
     return os.path.abspath(os.fspath(path))  # not resolve(): a symlinked input keeps the name it was given
 
 
+# Longest output name: with "_components.csv" and a temporary's dots and suffix, far below 255 bytes.
+NAME_LIMIT = 120
+
+
+def _short(name: str, path: str) -> str:
+    """``name``, or its start and a digest of ``path`` when longer than NAME_LIMIT."""
+    if len(name) <= NAME_LIMIT:
+        return name
+    return f"{name[:NAME_LIMIT - 9]}_{hashlib.sha256(path.encode()).hexdigest()[:8]}"
+
+
 def output_names(images: Sequence[str | Path]) -> list[str]:
-    """One output name per input, unique without regard to case: the file name without its extension,
-    prefixed by as many of its folders (``siteA__case``) as it takes to tell inputs of the same name
-    apart, and as a last resort suffixed by a digest of the path. The same list always gives the same names.
+    """One output name per input, unique without regard to case and at most NAME_LIMIT characters: the
+    file name without its extension, prefixed by as few of its folders (``siteA__case``) as tell inputs
+    of the same name apart (none where folders cannot: ``Case`` and ``case`` in one folder), and where
+    still the same, or too long, suffixed by a digest of the path. The same list always gives the same names.
     """
     paths = [_absolute(p) for p in images]
     seen: dict[str, int] = {}
     for i, p in enumerate(paths):
-        if p in seen:
-            raise MAEAnomalyError(f"given twice in --images (entries {seen[p] + 1} and {i + 1})", images[i])
-        seen[p] = i
+        real = os.path.realpath(p)  # a link and the file it points to are one input (a loop stays as it is)
+        if real in seen:
+            how = "" if paths[seen[real]] == p else ", the same file through a symbolic link"
+            raise MAEAnomalyError(f"given twice in --images (entries {seen[real] + 1} and {i + 1}{how})", images[i])
+        seen[real] = i
     names = [volume_name(p) for p in paths]
     groups: dict[str, list[int]] = defaultdict(list)
     for i, name in enumerate(names):
@@ -50,17 +68,18 @@ def output_names(images: Sequence[str | Path]) -> list[str]:
         if len(members) < 2:
             continue
         parents = {i: Path(paths[i]).parent.parts[1:] for i in members}  # without the root
-        tried = {i: names[i] for i in members}
-        for depth in range(1, max(len(p) for p in parents.values()) + 1):
-            tried = {i: "__".join([*parents[i][-depth:], volume_name(paths[i])]) for i in members}
-            if len({t.lower() for t in tried.values()}) == len(members):
-                break
+
+        # Depth d: the last d folders before the name. The fewest that tell the most names apart.
+        tried = [{i: "__".join([*parents[i][max(0, len(parents[i]) - d):], names[i]]) if d else names[i]
+                  for i in members} for d in range(max(len(p) for p in parents.values()) + 1)]
+        told = [len({name.lower() for name in t.values()}) for t in tried]
+        chosen = tried[told.index(max(told))]
         for i in members:
-            names[i] = tried[i]
+            names[i] = chosen[i] if len(chosen[i]) <= NAME_LIMIT else names[i]
     counts: dict[str, int] = defaultdict(int)
     for name in names:
         counts[name.lower()] += 1
-    return [f"{n}_{hashlib.sha256(p.encode()).hexdigest()[:8]}" if counts[n.lower()] > 1 else n
+    return [_short(f"{n}_{hashlib.sha256(p.encode()).hexdigest()[:8]}" if counts[n.lower()] > 1 else n, p)
             for n, p in zip(names, paths, strict=True)]
 
 
@@ -144,3 +163,51 @@ def volume_record(image: str | Path, mask: str | Path | None, model: str, brain_
 
 def record_path(out_dir: str | Path, name: str) -> Path:
     return Path(out_dir) / RECORDS / f"{name}.json"
+
+
+def record_text(identity: str, outputs: dict[str, tuple[int, str]]) -> str:
+    """The record of a committed set: ``identity`` (a ``volume_record``) and, by file name, the size and
+    SHA-256 of each output (``files.file_digest``)."""
+    record = json.loads(identity)
+    record["outputs"] = {name: list(outputs[name]) for name in sorted(outputs)}
+    return json.dumps(record, indent=1) + "\n"
+
+
+def read_record(path: str | Path) -> dict | None:
+    """A volume's record, or None when there is none or it is not one."""
+    try:
+        record = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError):
+        return None
+    return record if isinstance(record, dict) else None
+
+
+def same_inputs(record: dict, identity: str) -> bool:
+    """Whether the record is of the input, mask, model and brain-mask mode in ``identity``."""
+    return {k: v for k, v in record.items() if k != "outputs"} == json.loads(identity)
+
+
+def _unchanged(path: Path, listed: object) -> bool:
+    try:
+        return [*file_digest(path)] == listed
+    except (OSError, MAEAnomalyError):
+        return False
+
+
+def outputs_intact(record: dict, out_dir: str | Path) -> bool:
+    """Whether every output the record lists is in ``out_dir`` with its size and SHA-256."""
+    outputs = record.get("outputs")
+    if not isinstance(outputs, dict) or not outputs:
+        return False  # a record of an older version lists none: what it stands for cannot be checked
+    return all(Path(name).name == name and _unchanged(Path(out_dir) / name, listed)
+               for name, listed in outputs.items())
+
+
+def written_here(record: dict | None, path: Path) -> bool:
+    """Whether the volume's record lists the file at ``path`` as one MAEAnomaly wrote (whole or damaged
+    since, it may be replaced); a record of an older version (without the list) stands for every output
+    of its name."""
+    if record is None:
+        return False
+    outputs = record.get("outputs")
+    return outputs is None or (isinstance(outputs, dict) and path.name in outputs)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import os
 from pathlib import Path
 
 import SimpleITK as sitk
@@ -12,12 +12,19 @@ from ..config import ModelConfig
 from ..data.brain import BRAIN_MASK_MODES, Foreground, prepare_volume
 from ..data.io import volume_name
 from ..data.preprocessing import PreparedVolume
-from ..files import AtomicWriter, atomic_outputs, refuse_inputs
+from ..errors import MAEAnomalyError
+from ..files import atomic_outputs, refuse_inputs
 from ..model_io import load_model
+from .cohort_table import model_digest, read_record, record_path, record_text, volume_record, written_here
 from .report import render_report
 from .scores import ProgressFn, VolumeScores, score_prepared
 from .segmentation import components_csv, segment
 from .table import table_to_csv
+
+
+def brain_mask_path(out_dir: str | Path, name: str) -> Path:
+    """Where ``score`` writes a brain mask it extracted."""
+    return Path(out_dir) / f"{name}_brainmask.nii.gz"
 
 
 def output_paths(out_dir: str | Path, name: str) -> dict[str, Path]:
@@ -27,16 +34,36 @@ def output_paths(out_dir: str | Path, name: str) -> dict[str, Path]:
             "components": out_dir / f"{name}_components.csv"}
 
 
-def write_score_outputs(result: VolumeScores, out_dir: str | Path, name: str,
-                        protected: tuple[str | Path, ...] = (), brain_mask: sitk.Image | None = None,
-                        also: Callable[[AtomicWriter], None] | None = None) -> dict[str, Path]:
-    """Writes the outputs together (all or none), never over a file in ``protected``: the anomaly label
-    map and components table only when the model has a voxel threshold; with ``brain_mask`` (one
-    extracted here) also that mask, so that the user can see what was scored; ``also`` writes more files
-    into the same set, after the others (so that its files exist only if they do)."""
+def _stale_and_owned(out_dir: Path, name: str, writing: set[Path]) -> list[Path]:
+    """Run under the folder lock before the set is renamed: refuses to replace a file that the volume's
+    record does not list as written by MAEAnomaly (the user's own); returns the earlier outputs of this
+    name that the set does not replace (removed with it), never a user's file."""
+    record = read_record(record_path(out_dir, name))
+    stale = []
+    for path in (*output_paths(out_dir, name).values(), brain_mask_path(out_dir, name)):
+        if not os.path.lexists(path):
+            continue
+        if written_here(record, path):
+            if path not in writing:
+                stale.append(path)
+        elif path in writing:
+            raise MAEAnomalyError("not written by MAEAnomaly, so it is not replaced; move it away or choose "
+                                  "another --out-dir", path)
+    return stale
+
+
+def write_score_outputs(result: VolumeScores, out_dir: str | Path, name: str, identity: str,
+                        protected: tuple[str | Path, ...] = (), brain_mask: sitk.Image | None = None
+                        ) -> dict[str, Path]:
+    """Writes the outputs together (all or none), never over a file in ``protected`` nor over one that
+    MAEAnomaly did not write: the anomaly label map and components table only when the model has a voxel
+    threshold; with ``brain_mask`` (one extracted here) also that mask, so that the user can see what was
+    scored; last the volume's record (``identity``, a ``volume_record``, with the outputs' digests). An
+    earlier run's outputs of this name that the set does not include are removed with the commit."""
+    out_dir = Path(out_dir)
     paths = output_paths(out_dir, name)
     if brain_mask is not None:
-        paths["brain_mask"] = Path(out_dir) / f"{name}_brainmask.nii.gz"
+        paths["brain_mask"] = brain_mask_path(out_dir, name)
     segmentation = segment(result.difference, result.prepared, result.voxel_threshold, result.segmentation)
     if segmentation is None:
         del paths["anomalies"], paths["components"]
@@ -50,8 +77,9 @@ def write_score_outputs(result: VolumeScores, out_dir: str | Path, name: str,
             writer.write_text(components_csv(segmentation.components), paths["components"])
         if brain_mask is not None:
             writer.write_image(brain_mask, paths["brain_mask"])
-        if also is not None:
-            also(writer)
+        record = record_text(identity, {p.name: writer.digest(p) for p in paths.values()})
+        writer.write_text(record, record_path(out_dir, name))  # last: it exists only if the outputs do
+        writer.before_commit(lambda: _stale_and_owned(out_dir, name, set(paths.values())))
     return paths
 
 
@@ -72,5 +100,8 @@ def score_to_files(model_dir: str | Path, image_path: str | Path, brain_mask: st
     prepared, foreground = prepare_for_scoring(image_path, brain_mask, model.config, device)
     result = score_prepared(model.to(device), prepared, device, batch_size, progress)
     inputs = tuple(str(p) for p in (image_path, brain_mask) if p and str(p) not in BRAIN_MASK_MODES)
-    paths = write_score_outputs(result, out_dir, volume_name(image_path), inputs, foreground.extracted_mask)
+    mask_file = inputs[1] if len(inputs) > 1 else None
+    identity = volume_record(image_path, mask_file, model_digest(model_dir), str(brain_mask or "auto"))
+    paths = write_score_outputs(result, out_dir, volume_name(image_path), identity, inputs,
+                                foreground.extracted_mask)
     return result, paths, foreground
