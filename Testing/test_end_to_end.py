@@ -19,6 +19,7 @@ from MAEAnomalyLib.evaluation import evaluate_cohort
 from MAEAnomalyLib.model_io import load_model
 from MAEAnomalyLib.runtime import resolve_device
 from MAEAnomalyLib.scoring import scores as scoring
+from MAEAnomalyLib.scoring.cohort_table import RECORDS
 from MAEAnomalyLib.scoring.scores import score_image
 from MAEAnomalyLib.scoring.table import SCORE_COLUMNS, read_table_csv
 from MAEAnomalyLib.training import split_volumes, train
@@ -145,7 +146,7 @@ def test_cli_score_writes_three_outputs(tiny_model_dir: Path, cohort: dict, tmp_
     name = image.name.removesuffix(".nii.gz")
     assert sorted(p.name for p in out.iterdir()) == sorted(  # a trained model has a voxel threshold (#19)
         [f"{name}_scores.csv", f"{name}_diff.nii.gz", f"{name}_report.png", f"{name}_anomalies.nii.gz",
-         f"{name}_components.csv"])
+         f"{name}_components.csv", RECORDS])  # and the record of what the run wrote
     assert "progress 1.000" in result.stderr
     table = read_table_csv(out / f"{name}_scores.csv")
     direct = score_image(load_model(tiny_model_dir), sitk.ReadImage(str(image), sitk.sitkFloat32),

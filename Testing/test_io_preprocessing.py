@@ -166,3 +166,21 @@ def test_sagittal_and_axial_storage_prepare_identically(tmp_path: Path) -> None:
     assert expected.max() > 0 and np.allclose(a.labelled_area_mm2, expected)
     assert np.allclose(s.labelled_area_mm2, expected) and np.array_equal(a.labelled, expected > 0)
     assert np.allclose(a.positions_mm, s.positions_mm)
+
+
+@pytest.mark.parametrize("oblique", [0.0, 0.3])
+def test_canonical_size_matches_the_reoriented_image(oblique: float) -> None:
+    """Every axis order and flip, straight and oblique: the size known before the voxels are reoriented."""
+    import itertools
+
+    from MAEAnomalyLib.data.io import canonical_size
+
+    turn = np.array([[np.cos(oblique), -np.sin(oblique), 0], [np.sin(oblique), np.cos(oblique), 0], [0, 0, 1]])
+    for axes in itertools.permutations(range(3)):
+        for signs in itertools.product([1, -1], repeat=3):
+            direction = np.zeros((3, 3))
+            for column, (row, sign) in enumerate(zip(axes, signs, strict=True)):
+                direction[row, column] = sign
+            image = sitk.Image([5, 7, 11], sitk.sitkUInt8)
+            image.SetDirection((turn @ direction).ravel().tolist())
+            assert canonical_size(image) == to_canonical(image).GetSize(), (axes, signs)

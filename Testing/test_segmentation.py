@@ -18,6 +18,7 @@ from MAEAnomalyLib.data.io import from_canonical, to_canonical
 from MAEAnomalyLib.data.preprocessing import prepare_image
 from MAEAnomalyLib.data.synthetic import make_subject
 from MAEAnomalyLib.errors import MAEAnomalyError
+from MAEAnomalyLib.scoring.cohort_table import RECORDS
 from MAEAnomalyLib.scoring.segmentation import read_components_csv, segment
 
 BIG, SMALL = 4.0, 2.6  # ball radii in voxels
@@ -128,7 +129,8 @@ def test_a_model_without_voxel_threshold_still_scores_and_says_so(tmp_path, untr
     out = tmp_path / "out"
     assert cli_main(["score", "--model", str(model), "--image", str(image), "--brain-mask", str(mask),
                      "--out-dir", str(out), "--device", "cpu"]) == 0
-    assert sorted(p.name for p in out.iterdir()) == ["head_diff.nii.gz", "head_report.png", "head_scores.csv"]
+    assert sorted(p.name for p in out.iterdir()) == [RECORDS, "head_diff.nii.gz", "head_report.png",
+                                                     "head_scores.csv"]
     assert "no voxel threshold" in capsys.readouterr().err
 
 

@@ -16,7 +16,7 @@ from scipy import ndimage
 from ..config import PreprocessConfig
 from ..errors import MAEAnomalyError
 from .io import from_canonical, read_mask, read_volume, to_canonical
-from .preprocessing import PreparedVolume, prepare_image
+from .preprocessing import PreparedVolume, check_slices_fit, prepare_image
 
 BRAIN_MASK_MODES = ("auto", "none")
 # A skull-stripped volume is a brain on a constant background: its non-background part is brain-sized.
@@ -177,6 +177,7 @@ def prepare_volume(image_path: str | Path, cfg: PreprocessConfig, brain_mask: st
                    ) -> tuple[PreparedVolume, Foreground]:
     """Reads a volume, chooses its foreground (``choose_foreground``) and prepares it for the networks."""
     image = read_volume(image_path)
+    check_slices_fit(image, min_pixels, str(image_path))  # before brain extraction, which would fail less clearly
     foreground = choose_foreground(image, brain_mask, str(image_path), device)
     labels = None if label_path is None else read_mask(label_path, image, kind="label map")
     return prepare_image(image, cfg, foreground.mask, labels, str(image_path), min_pixels), foreground

@@ -284,11 +284,26 @@ def to_canonical(image: sitk.Image) -> sitk.Image:
     return sitk.DICOMOrient(image, CANONICAL)
 
 
+def canonical_size(image: sitk.Image) -> tuple[int, int, int]:
+    """``to_canonical(image).GetSize()`` without reorienting the voxels: the permutation is read off a
+    one-voxel probe with the image's direction."""
+    probe = sitk.Image([1, 1, 1], sitk.sitkUInt8)
+    probe.SetDirection(image.GetDirection())
+    before = np.array(image.GetDirection()).reshape(3, 3)
+    after = np.array(to_canonical(probe).GetDirection()).reshape(3, 3)
+    permutation = np.abs(np.linalg.solve(before, after))  # column i: the image axis that becomes axis i
+    return tuple(int(image.GetSize()[int(permutation[:, i].argmax())]) for i in range(3))
+
+
 def from_canonical(array: np.ndarray, reference: sitk.Image) -> sitk.Image:
     """Puts an array computed on ``to_canonical(reference)`` back onto ``reference``'s exact grid."""
     code = sitk.DICOMOrientImageFilter.GetOrientationFromDirectionCosines(reference.GetDirection())
     canonical = sitk.GetImageFromArray(array)
-    canonical.CopyInformation(to_canonical(reference))
+    # Only the direction steers the reorientation (the rest is the reference's below): take it from a
+    # one-voxel probe rather than a reoriented copy of the whole reference.
+    probe = sitk.Image([1, 1, 1], sitk.sitkUInt8)
+    probe.SetDirection(reference.GetDirection())
+    canonical.SetDirection(to_canonical(probe).GetDirection())
     restored = sitk.DICOMOrient(canonical, code)
     restored.CopyInformation(reference)
     return restored

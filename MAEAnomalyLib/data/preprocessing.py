@@ -16,10 +16,11 @@ from monai.utils import convert_to_numpy, convert_to_tensor
 
 from ..config import PreprocessConfig
 from ..errors import MAEAnomalyError
-from .io import read_mask, read_volume, slice_positions_mm, to_canonical
+from .io import canonical_size, read_mask, read_volume, slice_positions_mm, to_canonical
 
 # A background plateau (skull-stripped or zero-filled data) covers at least this share of voxels.
 _PLATEAU_FRACTION = 0.2
+SLAB = 16  # slices per step where a full-resolution array is transformed slab by slab
 
 
 @dataclass
@@ -58,7 +59,7 @@ def automatic_foreground(volume: np.ndarray) -> np.ndarray:
     top = counts.argmax()
     if counts[top] >= _PLATEAU_FRACTION * volume.size:
         return volume != values[top]
-    image = sitk.GetImageFromArray(volume.astype(np.float32))
+    image = sitk.GetImageFromArray(volume.astype(np.float32, copy=False))  # ITK copies it anyway
     mask = sitk.OtsuThreshold(image, 0, 1)
     mask = sitk.BinaryMorphologicalOpening(mask, [1, 1, 1])
     components = sitk.RelabelComponent(sitk.ConnectedComponent(mask), sortByObjectSize=True)
@@ -70,11 +71,19 @@ def normalise(volume: np.ndarray, foreground: np.ndarray, cfg: PreprocessConfig,
     """Maps the foreground's [lower, upper] percentiles to [0, 1], clips, and zeroes the background."""
     if not foreground.any():
         raise MAEAnomalyError("foreground mask is empty", source)
-    lo, hi = np.percentile(volume[foreground], [cfg.lower_percentile, cfg.upper_percentile])
+    # The masked copy is ours: sorting it in place gives the same percentiles without a second copy.
+    lo, hi = np.percentile(volume[foreground], [cfg.lower_percentile, cfg.upper_percentile], overwrite_input=True)
     if hi <= lo:
         raise MAEAnomalyError("intensities inside the foreground are constant", source)
-    scaled = ScaleIntensityRange(a_min=float(lo), a_max=float(hi), b_min=0.0, b_max=1.0, clip=True)(volume)
-    return convert_to_numpy(scaled, dtype=np.float32) * foreground
+    scale = ScaleIntensityRange(a_min=float(lo), a_max=float(hi), b_min=0.0, b_max=1.0, clip=True)
+    out = np.empty(volume.shape, dtype=np.float32)
+    # A slab of slices at a time: element by element the same values, with the transform's float
+    # temporaries the size of a slab instead of the volume's.
+    for start in range(0, len(volume), SLAB):
+        part = slice(start, start + SLAB)
+        slab = np.array(volume[part])  # writable (torch refuses read-only views), a slab's copy only
+        out[part] = convert_to_numpy(scale(slab), dtype=np.float32) * foreground[part]
+    return out
 
 
 def foreground_window(foreground: np.ndarray, margin: int) -> tuple[slice, slice]:
@@ -97,6 +106,13 @@ def to_model_size(stack: np.ndarray, size: int, mode: str) -> torch.Tensor:
     return convert_to_tensor(resized, track_meta=False).unsqueeze(1)
 
 
+def slabs_to_model_size(stack: np.ndarray, size: int, mode: str) -> torch.Tensor:
+    """``to_model_size`` of a (Z, Y, X) array (any dtype, as float32) a slab at a time: each slice is
+    resized on its own, so the slices are the same, and the float32 copy and padding are slabs."""
+    return torch.cat([to_model_size(stack[k:k + SLAB].astype(np.float32), size, mode)
+                      for k in range(0, len(stack), SLAB)])
+
+
 def to_input_size(stack: torch.Tensor, in_plane: tuple[int, int]) -> np.ndarray:
     """Inverse of ``to_model_size``: (Z, 1, S, S) -> (Z, Y, X) on the canonical grid."""
     side = _square(in_plane)
@@ -104,24 +120,33 @@ def to_input_size(stack: torch.Tensor, in_plane: tuple[int, int]) -> np.ndarray:
     return convert_to_numpy(CenterSpatialCrop(in_plane)(resized), dtype=np.float32)
 
 
-def prepare_image(image: sitk.Image, cfg: PreprocessConfig, mask: sitk.Image | None = None,
-                  labels: sitk.Image | None = None, source: str = "image", min_pixels: int = 1) -> PreparedVolume:
-    """Prepares a float32 3D image (and optional mask and label map on its grid) for the networks."""
-    canonical = to_canonical(image)
-    nx, ny, _ = canonical.GetSize()
+def check_slices_fit(image: sitk.Image, min_pixels: int, source: str) -> None:
+    """Refuses a volume whose axial slices are smaller than one patch (before any costly step)."""
+    nx, ny, _ = canonical_size(image)
     if min(nx, ny) < min_pixels:
         raise MAEAnomalyError(
             f"axial slices are {nx}x{ny} voxels, smaller than one {min_pixels}x{min_pixels} patch", source)
-    volume = sitk.GetArrayFromImage(canonical)
+
+
+def prepare_image(image: sitk.Image, cfg: PreprocessConfig, mask: sitk.Image | None = None,
+                  labels: sitk.Image | None = None, source: str = "image", min_pixels: int = 1) -> PreparedVolume:
+    """Prepares a float32 3D image (and optional mask and label map on its grid) for the networks."""
+    check_slices_fit(image, min_pixels, source)
+    canonical = to_canonical(image)
+    nx, ny, _ = canonical.GetSize()
+    volume = sitk.GetArrayViewFromImage(canonical)  # read only and no copy: ``canonical`` outlives it
     if mask is not None:
-        foreground = sitk.GetArrayFromImage(to_canonical(mask)) > 0
+        canonical_mask = to_canonical(mask)  # held: a view is valid only while its image lives
+        foreground = sitk.GetArrayViewFromImage(canonical_mask) > 0
+        del canonical_mask
         if not foreground.any():
             raise MAEAnomalyError("mask is empty", source)
     else:
         foreground = automatic_foreground(volume)
     labelled = labelled_area = None
     if labels is not None:
-        labelled_voxels = (sitk.GetArrayFromImage(to_canonical(labels)) > 0).sum(axis=(1, 2))
+        canonical_labels = to_canonical(labels)
+        labelled_voxels = (sitk.GetArrayViewFromImage(canonical_labels) > 0).sum(axis=(1, 2))
         labelled = labelled_voxels > 0
         spacing = canonical.GetSpacing()
         labelled_area = labelled_voxels * float(spacing[0] * spacing[1])
@@ -133,8 +158,8 @@ def prepare_image(image: sitk.Image, cfg: PreprocessConfig, mask: sitk.Image | N
     return PreparedVolume(
         image=image,
         canonical=canonical,
-        slices=to_model_size(normalised[in_window], cfg.image_size, mode="area"),
-        foreground=to_model_size(foreground[in_window].astype(np.float32), cfg.image_size, mode="nearest") > 0.5,
+        slices=slabs_to_model_size(normalised[in_window], cfg.image_size, mode="area"),
+        foreground=slabs_to_model_size(foreground[in_window], cfg.image_size, mode="nearest") > 0.5,
         foreground_input=foreground,
         foreground_fraction=foreground.mean(axis=(1, 2)),
         positions_mm=slice_positions_mm(canonical),

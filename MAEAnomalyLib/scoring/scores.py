@@ -22,6 +22,7 @@ from .position import brain_position, calibrated
 
 SSIM_KERNEL = 7
 SCORING_SEED = 0
+SLAB = 16  # slices per step where a full-resolution map is built slab by slab
 
 ProgressFn = Callable[[float], None]
 
@@ -141,8 +142,15 @@ def smoothed_in_foreground(values: np.ndarray, foreground: np.ndarray, sigma_mm:
     sigma = [sigma_mm / float(d) for d in reversed(spacing)]
     inside = foreground.astype(np.float32)
     weight = gaussian_filter(inside, sigma)
-    total = gaussian_filter(values.astype(np.float32) * inside, sigma)
-    return np.divide(total, weight, out=np.zeros_like(total), where=foreground & (weight > 0))
+    # The masked values and their average in ``inside``'s buffer: the same products and filter, three
+    # full-volume float32 arrays alive instead of six.
+    total = np.multiply(values, inside, out=inside, dtype=np.float32)
+    gaussian_filter(total, sigma, output=total)
+    kept = foreground & (weight > 0)
+    np.divide(total, weight, out=total, where=kept)
+    del weight
+    np.copyto(total, 0, where=~kept)
+    return total
 
 
 def difference_image(diff: torch.Tensor, prepared: PreparedVolume, smoothing_mm: float) -> sitk.Image:
@@ -150,9 +158,13 @@ def difference_image(diff: torch.Tensor, prepared: PreparedVolume, smoothing_mm:
     foreground, averaged in 3D inside it by a Gaussian of ``smoothing_mm`` (0: per voxel)."""
     on_canonical = np.zeros(prepared.foreground_input.shape, dtype=np.float32)
     scored = np.flatnonzero(prepared.foreground_fraction > 0)  # skipped slices stay zero, at no cost
-    if len(scored):
-        resized = prepared.to_input_grid(diff[scored])
-        on_canonical[scored] = np.clip(resized, 0, None) * prepared.foreground_input[scored]
+    # A slab of slices at a time (each slice is resized on its own): its temporaries are slabs, not volumes.
+    for start in range(0, len(scored), SLAB):
+        part = scored[start:start + SLAB]
+        resized = prepared.to_input_grid(diff[part])
+        np.clip(resized, 0, None, out=resized)
+        resized *= prepared.foreground_input[part]
+        on_canonical[part] = resized
     if smoothing_mm > 0:
         on_canonical = smoothed_in_foreground(on_canonical, prepared.foreground_input, smoothing_mm,
                                               prepared.canonical.GetSpacing())

@@ -53,10 +53,16 @@ def label_components(called: np.ndarray, voxel_mm3: float, min_mm3: float) -> np
     if not called.any():
         return np.zeros(called.shape, dtype=np.uint16)
     minimum = max(0, math.ceil(min_mm3 / voxel_mm3 - 1e-9))
-    components = sitk.ConnectedComponent(sitk.GetImageFromArray(called.astype(np.uint8)), False)
-    labels = sitk.GetArrayFromImage(sitk.RelabelComponent(components, minimumObjectSize=minimum,
-                                                          sortByObjectSize=True))
-    return labels.astype(np.uint16 if labels.max() < 2**16 else np.uint32)
+    # One image alive at a time (ITK's labels are 4 bytes a voxel; cast to 2 before leaving ITK).
+    called_image = sitk.GetImageFromArray(called.astype(bool, copy=False).view(np.uint8))  # no numpy copy
+    components = sitk.ConnectedComponent(called_image, False)
+    del called_image
+    labels = sitk.RelabelComponent(components, minimumObjectSize=minimum, sortByObjectSize=True)
+    del components
+    largest = sitk.MinimumMaximumImageFilter()
+    largest.Execute(labels)
+    return sitk.GetArrayFromImage(sitk.Cast(labels, sitk.sitkUInt16 if largest.GetMaximum() < 2**16
+                                            else sitk.sitkUInt32))
 
 
 def called_voxels(values: np.ndarray, foreground: np.ndarray, threshold: float, voxel_mm3: float,
@@ -67,6 +73,21 @@ def called_voxels(values: np.ndarray, foreground: np.ndarray, threshold: float, 
     return label_components((smoothed >= threshold) & foreground, voxel_mm3, cfg.min_component_mm3)
 
 
+def label_centres(labels: np.ndarray, n: int, counts: np.ndarray) -> np.ndarray:
+    """(n, 3) mean (z, y, x) index of labels 1..n, slab by slab. The sums are of integers, exact in float64
+    in any order, so the centres are those of ``ndimage.center_of_mass`` to the bit (without its float64
+    copies of the whole array)."""
+    sums = np.zeros((n + 1, 3))
+    for k, plane in enumerate(labels):
+        rows, cols = np.nonzero(plane)
+        if len(rows):
+            found = plane[rows, cols]
+            sums[:, 0] += k * np.bincount(found, minlength=n + 1)
+            sums[:, 1] += np.bincount(found, weights=rows, minlength=n + 1)
+            sums[:, 2] += np.bincount(found, weights=cols, minlength=n + 1)
+    return sums[1:] / counts[:, None].astype(np.float64)
+
+
 def component_rows(labels: np.ndarray, values: np.ndarray, canonical: sitk.Image) -> list[dict]:
     """One row per label of a canonical label array: size, axial slice range, centroid (RAS and LPS),
     and the largest and mean value of ``values`` inside."""
@@ -75,10 +96,15 @@ def component_rows(labels: np.ndarray, values: np.ndarray, canonical: sitk.Image
         return []
     voxel_mm3 = float(np.prod(canonical.GetSpacing()))
     index = np.arange(1, n + 1)
-    counts = np.bincount(labels.ravel(), minlength=n + 1)[1:]
-    centres = ndimage.center_of_mass(np.ones(labels.shape), labels, index)
-    highest = ndimage.maximum(values, labels, index)
-    means = ndimage.mean(values, labels, index)
+    # The labelled voxels alone, in the array's order: scipy's sums then add the same values in the same
+    # order as over the whole array, without its float64 copy of the whole map.
+    inside = labels > 0
+    labelled, inside_values = labels[inside], values[inside]
+    del inside
+    counts = np.bincount(labelled, minlength=n + 1)[1:]
+    centres = label_centres(labels, n, counts)
+    highest = ndimage.maximum(inside_values, labelled, index)
+    means = ndimage.mean(inside_values, labelled, index)
     rows = []
     for k, box in enumerate(ndimage.find_objects(labels)[:n]):
         z, y, x = centres[k]
@@ -98,7 +124,7 @@ def segment(difference: sitk.Image, prepared: PreparedVolume, threshold: float |
     if threshold is None:
         return None
     canonical = to_canonical(difference)
-    values = sitk.GetArrayFromImage(canonical)
+    values = sitk.GetArrayViewFromImage(canonical)  # read only, valid while ``canonical`` lives: no copy
     voxel_mm3 = float(np.prod(canonical.GetSpacing()))
     labels = called_voxels(values, prepared.foreground_input, threshold, voxel_mm3, cfg)
     rows = component_rows(labels, values, canonical)
