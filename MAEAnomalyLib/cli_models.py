@@ -48,7 +48,7 @@ def add_model_commands(sub: argparse._SubParsersAction, device_help: str) -> Non
     p.add_argument("--model", help="a shipped model's name or a model directory (default: brain-t1)")
     p.add_argument("--images", nargs="+", required=True,
                    help="healthy volumes of the site: files, DICOM folders, folders of volumes, or .txt lists")
-    p.add_argument("--masks", nargs="+", help="brain masks, paired with --images in order (same forms)")
+    p.add_argument("--masks", nargs="+", help="brain masks, paired with --images (by name from folders)")
     p.add_argument("--brain-mask", default="auto", choices=("auto", "none"),
                    help="without --masks: auto extracts the brain unless skull-stripped (default), none uses "
                         "the head")

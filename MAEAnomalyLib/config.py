@@ -11,6 +11,9 @@ from .config_rules import check_config, setting_problem, without_removed
 from .errors import MAEAnomalyError
 
 FORMAT_VERSION = 1
+# In config.json beside the settings: the SHA-256 of each weights file, a record of the model directory's
+# files that model_io checks on loading, not a setting; from_dict leaves it out, so any reader accepts it.
+DIGESTS_KEY = "weights_sha256"
 
 
 @dataclass
@@ -186,7 +189,7 @@ class ModelConfig:
         }
         if not all(isinstance(data.get(n, {}), dict) for n in sections):
             raise ValueError("every section must be a JSON object")
-        data = without_removed(data)
+        data = {k: v for k, v in without_removed(data).items() if k != DIGESTS_KEY}
         # Saved before smoothing or the spread existed: its voxel threshold is for the map it was made on.
         data["segmentation"] = {"smoothing_mm": 0.0, "spread_floor": 0.0, **data.get("segmentation", {})}
         known = {f.name for f in dataclasses.fields(cls)}

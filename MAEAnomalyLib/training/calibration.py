@@ -4,10 +4,14 @@ calibrate`` does the same on a site's own healthy scans."""
 
 from __future__ import annotations
 
+import contextlib
+import os
+from collections import defaultdict
 from collections.abc import Callable, Sequence
 
 import numpy as np
 
+from ..data.digest import content_digest
 from ..data.inputs import Source
 from ..data.preprocessing import PreparedVolume, prepare
 from ..errors import MAEAnomalyError
@@ -52,6 +56,25 @@ def healthy_rows(model: AnomalyModel, sources: Sequence[Source], dist: Dist, sto
                                       "--resume calibrates again")
     rows = np.concatenate(local) if local else np.zeros((0, 3))
     return np.concatenate([part.reshape(-1, 3) for part in dist.gather(rows)])
+
+
+def refuse_repeated_volumes(sources: Sequence[Source]) -> None:
+    """Raises, naming both entries, when two of ``--images`` hold the same volume (the same bytes, by the
+    same path or another): calibrated on twice, it counts as two sites' volumes; in training, one copy may
+    be trained on and the other held out. Only files of equal size (and folders) are read to compare."""
+    groups: dict[object, list[int]] = defaultdict(list)
+    for i, (image, _, _) in enumerate(sources):
+        with contextlib.suppress(OSError):  # a missing file is reported when it is read, with its own message
+            groups["folder" if image.is_dir() else os.stat(image).st_size].append(i)
+    for members in groups.values():
+        if len(members) < 2:
+            continue
+        seen: dict[str, int] = {}
+        for i in members:
+            first = seen.setdefault(content_digest(sources[i][0]), i)
+            if first != i:
+                raise MAEAnomalyError(f"the same volume as entry {first + 1} ({sources[first][0]}): given twice in "
+                                      f"--images (entries {first + 1} and {i + 1})", sources[i][0])
 
 
 def slices_needed(target_fpr: float) -> int:

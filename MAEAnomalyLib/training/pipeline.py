@@ -29,7 +29,7 @@ from ..data.inputs import sources as pair_sources
 from ..data.slice_cache import CacheEntry, SliceCache, SliceRows, preparation_pool, prepare_entry
 from ..errors import MAEAnomalyError
 from ..model_io import AnomalyModel, load_model, save_model
-from .calibration import healthy_rows, threshold_from_rows
+from .calibration import healthy_rows, refuse_repeated_volumes, threshold_from_rows
 from .checkpoint import load_checkpoint, save_checkpoint
 from .distributed import Dist, StopControl, session
 from .loop import LogFn, Progress, Run, RunOptions, TrainingInterrupted
@@ -126,6 +126,7 @@ def train(images: Sequence[Path], out_dir: Path, cfg: ModelConfig, device: torch
     out_dir = Path(out_dir)
     source = None if mae_from is None else mae_of(Path(mae_from), cfg)
     volumes = pair_sources(images, masks, labels)
+    refuse_repeated_volumes(volumes)  # a copy held out would set the threshold on training data
     fresh = not out_dir.exists()
     with session(device) as dist, StopControl(dist, options.max_minutes) as stop:
         if not dist.is_main:

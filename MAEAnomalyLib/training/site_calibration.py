@@ -1,13 +1,17 @@
 """``maeanomaly calibrate``: a trained model made to fit a site's scanner and protocol, without
 retraining. Its weights are copied byte for byte; the position reference is rebuilt and the threshold
-recomputed on the site's own healthy volumes."""
+recomputed on the site's own healthy volumes. The new model directory appears whole, by one rename of a
+folder, or not at all."""
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import datetime
 import hashlib
-import json
+import os
+import shutil
+import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -17,9 +21,9 @@ from ..config import apply_overrides
 from ..data.brain import prepare_volume
 from ..data.inputs import sources as pair_sources
 from ..errors import MAEAnomalyError
-from ..files import atomic_outputs, refuse_inputs
-from ..model_io import CONFIG_NAME, WEIGHT_NAMES, load_model
-from .calibration import healthy_rows, threshold_from_rows
+from ..files import AtomicWriter, current_umask, refuse_inputs, signals_deferred, write_failure
+from ..model_io import CONFIG_NAME, WEIGHT_NAMES, config_json, load_model
+from .calibration import healthy_rows, refuse_repeated_volumes, threshold_from_rows
 from .distributed import Dist
 from .voxel_threshold import VoxelCalibration
 
@@ -34,12 +38,61 @@ def _sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
+def _holds_model(folder: Path) -> bool:
+    """config.json with a weights file: a folder of another tool's config.json alone is not a model."""
+    return (folder / CONFIG_NAME).is_file() and any((folder / f"{n}.safetensors").is_file() for n in WEIGHT_NAMES)
+
+
 def check_calibration_out(out: Path, model_dir: Path) -> None:
-    """A new folder (or an empty one), never the source model's."""
+    """A new folder (or an empty one), never the source model's nor inside any model directory, where
+    this process can write: checked before any volume is scored, so that no scoring is wasted."""
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise MAEAnomalyError("--out must be a new or empty folder", out)
     if out.resolve() == model_dir.resolve():
         raise MAEAnomalyError("--out must not be the model being calibrated", out)
+    parents = Path(os.path.abspath(out)).parents
+    model = next((p for p in parents if _holds_model(p)), None)
+    if model is not None:
+        raise MAEAnomalyError(f"--out is inside the model directory {model}; choose a folder outside any model", out)
+    base = next(p for p in parents if p.exists())  # where the first folder will be made
+    try:
+        os.rmdir(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=base))
+    except OSError as exc:
+        raise write_failure(out, exc) from None
+
+
+def write_model_folder(out: Path, files: dict[str, bytes]) -> None:
+    """Writes ``files`` into a hidden folder beside ``out`` and renames it to ``out`` (absent or empty) in
+    one step: SIGTERM, SIGKILL or a crash leaves the whole model or nothing, never weights without their
+    config.json. SIGTERM and SIGINT wait for the end of the renames (``files.signals_deferred``)."""
+    made = [p for p in (out.parent, *out.parent.parents) if not p.exists()][::-1]
+    hidden: Path | None = None
+    writer = AtomicWriter()
+    try:
+        try:
+            out.parent.mkdir(parents=True, exist_ok=True)
+            hidden = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
+            os.chmod(hidden, 0o777 & ~current_umask())  # mkdtemp makes 0700
+        except OSError as exc:
+            raise write_failure(out, exc) from None
+        for name, data in files.items():
+            writer.write_bytes(data, hidden / name)
+        with signals_deferred():
+            writer.commit()  # inside the hidden folder: nothing is visible yet
+            try:
+                if os.name != "posix" and out.is_dir():
+                    out.rmdir()  # a POSIX rename replaces an empty folder; Windows' does not
+                os.rename(hidden, out)
+            except OSError as exc:
+                raise write_failure(out, exc) from None
+    except BaseException:
+        writer.discard()
+        if hidden is not None:
+            shutil.rmtree(hidden, ignore_errors=True)  # gone already when the rename was done
+        for folder in reversed(made):
+            with contextlib.suppress(OSError):  # not empty: the model is in it
+                folder.rmdir()
+        raise
 
 
 def calibrate_site(model_dir: Path, images: Sequence[str], masks: Sequence[str] | None, brain_mask: str,
@@ -60,6 +113,7 @@ def calibrate_site(model_dir: Path, images: Sequence[str], masks: Sequence[str] 
     if not 0 < fpr < 1:
         raise MAEAnomalyError(f"--target-fpr {fpr}: give a rate between 0 and 1, e.g. 0.05")
     volumes = pair_sources(images, masks, None)
+    refuse_repeated_volumes(volumes)  # before any scoring
 
     def prepare_fn(image, preprocess, mask, labels, min_pixels):
         chosen = mask if mask is not None else brain_mask
@@ -87,11 +141,12 @@ def calibrate_site(model_dir: Path, images: Sequence[str], masks: Sequence[str] 
     cfg.threshold, cfg.position_reference, cfg.site_calibration = threshold, reference, record
     cfg.voxel_threshold = voxel["voxel_thresholds"]["difference"]["on"]
     cfg.check()
-    weights = [model_dir / f"{name}.safetensors" for name in WEIGHT_NAMES]
-    refuse_inputs([out / CONFIG_NAME, *(out / w.name for w in weights)],
-                  [*images, *(masks or []), *weights], "--out")
-    with atomic_outputs() as writer:
-        for path in weights:
-            writer.write_bytes(path.read_bytes(), out / path.name)
-        writer.write_text(json.dumps(cfg.to_dict(), indent=2) + "\n", out / CONFIG_NAME)
+    paths = [model_dir / f"{name}.safetensors" for name in WEIGHT_NAMES]
+    refuse_inputs([out / CONFIG_NAME, *(out / w.name for w in paths)], [*images, *(masks or []), *paths], "--out")
+    weights = {path.name: path.read_bytes() for path in paths}
+    digests = {name: hashlib.sha256(data).hexdigest() for name, data in weights.items()}
+    if any(model.weights_sha256.get(name, digest) != digest for name, digest in digests.items()):
+        raise MAEAnomalyError("its weights changed while calibrating; run calibrate again", model_dir)
+    # The digests are recorded also when the source model has none (the shipped one).
+    write_model_folder(out, {**weights, CONFIG_NAME: config_json(cfg, digests).encode()})
     return record
