@@ -63,7 +63,7 @@ def refuse_inputs(outputs: Iterable[str | Path], inputs: Iterable[str | Path | N
 
 
 def _same_image(written: sitk.Image, path: Path) -> bool:
-    from .data.io import check_gzip_stream
+    from .data.integrity import check_gzip_stream
 
     if path.name.lower().endswith(".gz"):
         check_gzip_stream(path)
