@@ -140,7 +140,7 @@ def test_cohort_scores_each_volume_as_score_image_does(untrained_model_dir: Path
         assert row == {k: str(v) for k, v in volume_row(image, mask, row["name"], table).items()}
         assert row["mask"] == mask and int(row["slices_scored"]) == int((table["skipped"] == 0).sum()) > 0
         assert float(row["max_score"]) == pytest.approx(table["score"].max())
-    assert sorted(p.name for p in (out / RECORDS).iterdir()) == ["other.json", "siteA__case.json",
+    assert sorted(p.name for p in (out / RECORDS).glob("*.json")) == ["other.json", "siteA__case.json",
                                                                  "siteB__case.json"]
 
 

@@ -46,7 +46,11 @@ def write_cohort(directory: Path, volumes: int) -> list[str]:
     sources = []
     for seed in range(2):
         path = directory / f"head{seed}.nii.gz"
-        sitk.WriteImage(generated_volume(seed), str(path), useCompression=True)
+        image = generated_volume(seed)
+        # At BraTS's 1 mm the generated brain is brain-sized (deepbet: 1.9-2.1 L); at the generator's 3 mm it
+        # would be 70 L, which brain extraction rightly refuses.
+        image.SetSpacing((1.0, 1.0, 1.0))
+        sitk.WriteImage(image, str(path), useCompression=True)
         sources.append(path)
     (directory / "images").mkdir()
     links = []
