@@ -19,7 +19,7 @@ import pytest
 import SimpleITK as sitk
 
 from MAEAnomalyLib.data.synthetic import make_subject
-from MAEAnomalyLib.scoring.cohort_table import read_cohort_csv
+from MAEAnomalyLib.scoring.cohort_table import RECORDS, RUN_LOCK, read_cohort_csv
 
 pytestmark = [pytest.mark.slow,  # processes of their own, each importing torch
               pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="finds worker processes in /proc")]
@@ -121,7 +121,8 @@ def test_a_file_size_limit_gives_the_volume_its_error_row_never_a_hang(untrained
     assert len(errors) == 1 and "cannot write" in errors[0], stderr
     (row,) = read_cohort_csv(out / "cohort.csv")
     assert row["image"] == str(image) and row["status"] == errors[0].removeprefix("maeanomaly: error: ")
-    assert sorted(p.name for p in out.iterdir()) == ["cohort.csv"]
+    assert sorted(p.name for p in out.iterdir()) == [RECORDS, "cohort.csv"]
+    assert [p.name for p in (out / RECORDS).iterdir()] == [RUN_LOCK]  # the run's lock, no record of the volume
     assert workers  # prepared by a worker, as by default
     # Volumes pass through no shared-memory file (torch names them after the process that made them).
     assert not [p.name for p in Path("/dev/shm").glob("torch_*") if p.name.split("_")[1] in map(str, workers)]

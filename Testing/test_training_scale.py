@@ -213,7 +213,7 @@ def test_sigterm_then_resume_gives_the_same_weights(volumes: tuple[Path, Path], 
     # Resuming with other volumes is refused.
     images = expand_paths([str(volumes[0])])
     with pytest.raises(MAEAnomalyError, match="other training volumes"):
-        train(images[1:], out, small_config(), torch.device("cpu"), expand_paths([str(volumes[1])]),
+        train(images[1:], out, small_config(), torch.device("cpu"), expand_paths([str(volumes[1])])[1:],
               resume=True, log=lambda _: None, show_progress=False)
     resumed = subprocess.run([*command, "--resume"], capture_output=True, encoding="utf-8", cwd=ROOT, env=child_env(),
                              timeout=600)

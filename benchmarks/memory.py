@@ -36,6 +36,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from train_memory import _descendants, _kib  # noqa: E402  (the same /proc readers)
+from voxel_memory import untrained_model  # noqa: E402  (tiny, random weights, slice and voxel thresholds)
 
 GB = 1e9
 
@@ -65,22 +66,6 @@ def generated_volume(path: Path, shape: tuple[int, int, int], seed: int) -> Path
     path.parent.mkdir(parents=True, exist_ok=True)
     sitk.WriteImage(image, str(path), useCompression=True)
     return path
-
-
-def untrained_model(work: Path) -> Path:
-    """``tiny`` with random weights, a slice threshold and a voxel threshold (the segmentation runs)."""
-    out = work / "untrained_tiny"
-    if not (out / "config.json").exists():
-        import torch
-
-        from MAEAnomalyLib.config import preset
-        from MAEAnomalyLib.model_io import AnomalyModel, save_model
-
-        torch.manual_seed(0)
-        cfg = preset("tiny")
-        cfg.threshold, cfg.voxel_threshold = 0.5, 0.3
-        save_model(AnomalyModel.from_config(cfg), out)
-    return out
 
 
 class TreeSampler(threading.Thread):
