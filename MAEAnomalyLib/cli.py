@@ -4,17 +4,15 @@ MAEAnomalyLib``)."""
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
-import signal
 import sys
-import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
 from .cli_models import add_model_commands
 from .config import PRESETS, apply_overrides, preset
 from .errors import MAEAnomalyError
+from .termination import Terminated, terminated_on_sigterm
 
 
 def _log(message: str) -> None:
@@ -245,26 +243,6 @@ BRAIN_MASK_HELP = ("the brain: a mask on the image's grid, 'auto' (default: the 
                    "'none' (the whole head, for models trained that way)")
 
 
-class Terminated(BaseException):
-    """SIGTERM arrived: unwinds like Ctrl-C, so that pending outputs are discarded."""
-
-
-@contextlib.contextmanager
-def _terminated_on_sigterm(enabled: bool) -> Iterator[None]:
-    if not enabled or threading.current_thread() is not threading.main_thread():
-        yield
-        return
-
-    def stop(signum: int, frame: object) -> None:
-        raise Terminated
-
-    previous = signal.signal(signal.SIGTERM, stop)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)
-
-
 def _sets_committed() -> int:
     """Sets of outputs committed so far (``files`` is imported only by commands that write)."""
     files = sys.modules.get(f"{__package__}.files")
@@ -276,7 +254,7 @@ def main(argv: Sequence[str] | None = None, raise_errors: bool = False) -> int:
     args = build_parser().parse_args(argv)
     committed = _sets_committed()
     try:
-        with _terminated_on_sigterm(args.command != "train"):  # train stops at a batch boundary itself
+        with terminated_on_sigterm(args.command != "train"):  # train stops at a batch boundary itself
             return args.func(args)
     except Terminated:
         # A SIGTERM that arrives while a set is renamed waits for its end (files.signals_deferred).

@@ -192,3 +192,25 @@ def test_outputs_that_cannot_be_files_are_one_line(capfd: pytest.CaptureFixture,
     code = main([*argv, "--model", str(untrained_model_dir), "--device", "cpu"])
     lines = [ln for ln in capfd.readouterr().err.splitlines() if ln.strip() and not ln.startswith("scoring")]
     assert code == 2 and len(lines) == 1 and words in lines[0], lines
+
+
+def test_sigterm_never_unwinds_from_inside_loggings_lock() -> None:
+    """Raised there, SIGTERM's exception left logging's lock held (or was swallowed by the library that was
+    logging), and a cohort's writer threads hung for ever on their next log call: it arrives a moment later."""
+    import logging
+
+    from MAEAnomalyLib.termination import Terminated, terminated_on_sigterm
+
+    inside, raised_inside = False, None
+    with terminated_on_sigterm(True):
+        try:
+            with logging._lock:  # as a library's logger.debug holds it
+                inside = True
+                os.kill(os.getpid(), signal.SIGTERM)
+                time.sleep(0.3)
+                inside = False
+            time.sleep(5)
+        except Terminated:
+            raised_inside = inside
+    assert raised_inside is False
+    assert not logging._lock._is_owned()
