@@ -4,8 +4,6 @@ computed here from the input's IJK-to-RAS and the transform's matrix, never thro
 
 from __future__ import annotations
 
-import json
-import shutil
 from pathlib import Path
 
 import numpy as np
@@ -14,6 +12,7 @@ import SimpleITK as sitk
 
 slicer = pytest.importorskip("slicer")
 vtk = pytest.importorskip("vtk")
+from test_slicer_components import _model_with_voxel_threshold  # noqa: E402
 from vtk.util import numpy_support  # noqa: E402
 
 from MAEAnomalyLib.data.io import to_canonical  # noqa: E402
@@ -147,15 +146,6 @@ def test_brain_mask_outline_sits_on_the_inputs_world_voxels(tmp_path: Path) -> N
     mask.CopyInformation(image_from_volume(volume))  # the CLI writes it on the grid of the image it was given
     outline = MAEAnomalyLogic(scene).storeBrainMask(volume, mask)
     _check_segment(outline, 0, brain.astype(bool), voxel_to_world)
-
-
-def _model_with_voxel_threshold(tmp_path: Path, source: Path, value: float) -> Path:
-    model = tmp_path / "model"
-    shutil.copytree(source, model)
-    config = json.loads((model / "config.json").read_text())
-    config["voxel_threshold"] = value
-    (model / "config.json").write_text(json.dumps(config))
-    return model
 
 
 def test_scoring_a_transformed_input_puts_every_result_at_its_world_position(
