@@ -14,17 +14,17 @@ import pytest
 import SimpleITK as sitk
 import torch
 
-from MAEAnomalyLib.cli import main
+from MAEAnomalyLib.cli.main import main
+from MAEAnomalyLib.core.errors import MAEAnomalyError
+from MAEAnomalyLib.core.model_io import load_model
+from MAEAnomalyLib.core.shipped import resolve_model, shipped_models
 from MAEAnomalyLib.data.brain import extract_brain, is_skull_stripped
 from MAEAnomalyLib.data.preprocessing import prepare
 from MAEAnomalyLib.data.synthetic import make_subject
-from MAEAnomalyLib.errors import MAEAnomalyError
-from MAEAnomalyLib.model_io import load_model
+from MAEAnomalyLib.evaluation.voxels import stored_thresholds
 from MAEAnomalyLib.scoring.scores import score_prepared
 from MAEAnomalyLib.scoring.segmentation import median_filtered
 from MAEAnomalyLib.scoring.voxel_maps import voxel_maps
-from MAEAnomalyLib.shipped import resolve_model, shipped_models
-from MAEAnomalyLib.voxel_evaluation import stored_thresholds
 
 
 @pytest.fixture

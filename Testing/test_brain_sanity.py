@@ -11,10 +11,10 @@ import pytest
 import SimpleITK as sitk
 from scipy import ndimage
 
-from MAEAnomalyLib.cli import main
+from MAEAnomalyLib.cli.main import main
+from MAEAnomalyLib.core.errors import MAEAnomalyError
 from MAEAnomalyLib.data import brain
 from MAEAnomalyLib.data.synthetic import make_subject
-from MAEAnomalyLib.errors import MAEAnomalyError
 
 DATA = Path(__file__).resolve().parents[1] / ".." / "shared" / "data"
 REFUSAL = r"brain extraction found no plausible brain \(\d+\.\d\d L.*--brain-mask none"

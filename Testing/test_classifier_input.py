@@ -9,14 +9,14 @@ import numpy as np
 import pytest
 import torch
 
-from MAEAnomalyLib.config import ModelConfig, preset
+from MAEAnomalyLib.core.config import ModelConfig, preset
+from MAEAnomalyLib.core.model_io import AnomalyModel
 from MAEAnomalyLib.data.preprocessing import prepare
 from MAEAnomalyLib.data.slice_cache import SliceCache, SliceRows
 from MAEAnomalyLib.data.synthetic import make_subject
-from MAEAnomalyLib.model_io import AnomalyModel
-from MAEAnomalyLib.models.classifier import anomaly_probability
+from MAEAnomalyLib.engine.samples import ClassifierSamples, ReconStore
+from MAEAnomalyLib.methods.mae_classifier.classifier import anomaly_probability
 from MAEAnomalyLib.scoring.scores import score_prepared
-from MAEAnomalyLib.training.samples import ClassifierSamples, ReconStore
 
 ERROR = 0.1  # the reconstruction error written for every pixel, background included
 

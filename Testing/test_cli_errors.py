@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from MAEAnomalyLib.cli import main
+from MAEAnomalyLib.cli.main import main
 from MAEAnomalyLib.data.synthetic import make_subject
 
 ROOT = Path(__file__).resolve().parents[1]

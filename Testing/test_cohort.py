@@ -13,9 +13,9 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from MAEAnomalyLib.cli import main
+from MAEAnomalyLib.cli.main import main
+from MAEAnomalyLib.core.errors import MAEAnomalyError
 from MAEAnomalyLib.data.synthetic import make_subject
-from MAEAnomalyLib.errors import MAEAnomalyError
 from MAEAnomalyLib.scoring.cohort_table import (
     COHORT_COLUMNS,
     RECORDS,

@@ -12,18 +12,18 @@ import pytest
 import SimpleITK as sitk
 import torch
 
-from MAEAnomalyLib.config import preset
+from MAEAnomalyLib.core.config import preset
+from MAEAnomalyLib.core.errors import MAEAnomalyError
+from MAEAnomalyLib.core.model_io import load_model
+from MAEAnomalyLib.core.runtime import resolve_device
 from MAEAnomalyLib.data.synthetic import make_subject
-from MAEAnomalyLib.errors import MAEAnomalyError
-from MAEAnomalyLib.evaluation import evaluate_cohort
-from MAEAnomalyLib.model_io import load_model
-from MAEAnomalyLib.runtime import resolve_device
+from MAEAnomalyLib.engine.checkpoint import load_state
+from MAEAnomalyLib.evaluation.cohort import evaluate_cohort
 from MAEAnomalyLib.scoring import scores as scoring
 from MAEAnomalyLib.scoring.cohort_table import RECORDS
 from MAEAnomalyLib.scoring.scores import score_image
 from MAEAnomalyLib.scoring.table import SCORE_COLUMNS, read_table_csv
 from MAEAnomalyLib.training import split_volumes, train
-from MAEAnomalyLib.training.checkpoint import load_state
 
 pytestmark = pytest.mark.slow  # trains models or drives a real MRML scene end to end
 
@@ -216,7 +216,7 @@ def test_resume_after_interruption_gives_the_same_weights(cohort: dict, tmp_path
 
 
 def preset_copy(cfg):
-    from MAEAnomalyLib.config import ModelConfig
+    from MAEAnomalyLib.core.config import ModelConfig
 
     return ModelConfig.from_dict(cfg.to_dict())
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 from sklearn.metrics import roc_auc_score
 
-from MAEAnomalyLib.evaluation import auroc_difference, format_metrics, slice_metrics
+from MAEAnomalyLib.evaluation.cohort import auroc_difference, format_metrics, slice_metrics
 
 
 def test_auroc_difference_and_its_interval() -> None:

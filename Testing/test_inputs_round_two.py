@@ -17,10 +17,10 @@ from pathlib import Path
 import pytest
 import SimpleITK as sitk
 
-from MAEAnomalyLib.cli import main
+from MAEAnomalyLib.cli.main import main
+from MAEAnomalyLib.core.errors import MAEAnomalyError
 from MAEAnomalyLib.data.inputs import expand_paths, sources
 from MAEAnomalyLib.data.synthetic import make_subject
-from MAEAnomalyLib.errors import MAEAnomalyError
 from MAEAnomalyLib.scoring.cohort import cohort_volumes
 from MAEAnomalyLib.scoring.cohort_table import output_names, read_cohort_csv
 
@@ -212,7 +212,7 @@ def _without_file_permissions(unreadable: Path) -> list[str]:
 
 RUN_EACH = """
 import json, sys
-from MAEAnomalyLib.cli import main
+from MAEAnomalyLib.cli.main import main
 for argv in json.loads(sys.argv[1]):
     try:
         main(argv)

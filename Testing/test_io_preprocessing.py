@@ -9,11 +9,11 @@ import pytest
 import SimpleITK as sitk
 import torch
 
-from MAEAnomalyLib.config import PreprocessConfig
+from MAEAnomalyLib.core.config import PreprocessConfig
+from MAEAnomalyLib.core.errors import MAEAnomalyError
 from MAEAnomalyLib.data.io import from_canonical, read_volume, slice_positions_mm, to_canonical, volume_name
 from MAEAnomalyLib.data.preprocessing import automatic_foreground, normalise, prepare, to_input_size, to_model_size
 from MAEAnomalyLib.data.synthetic import make_subject
-from MAEAnomalyLib.errors import MAEAnomalyError
 
 
 def test_volume_name() -> None:

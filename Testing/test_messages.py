@@ -14,13 +14,13 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from MAEAnomalyLib.cli import build_parser, main
-from MAEAnomalyLib.config import apply_overrides, preset
+from MAEAnomalyLib.cli.main import build_parser, main
+from MAEAnomalyLib.core.config import apply_overrides, preset
+from MAEAnomalyLib.core.errors import MAEAnomalyError
+from MAEAnomalyLib.core.files import atomic_outputs
 from MAEAnomalyLib.data.io import read_volume
 from MAEAnomalyLib.data.slice_cache import SliceCache
 from MAEAnomalyLib.data.synthetic import make_subject
-from MAEAnomalyLib.errors import MAEAnomalyError
-from MAEAnomalyLib.files import atomic_outputs
 from MAEAnomalyLib.scoring.cohort_table import RECORDS
 from MAEAnomalyLib.training import train
 
@@ -199,7 +199,7 @@ def test_sigterm_never_unwinds_from_inside_loggings_lock() -> None:
     logging), and a cohort's writer threads hung for ever on their next log call: it arrives a moment later."""
     import logging
 
-    from MAEAnomalyLib.termination import Terminated, terminated_on_sigterm
+    from MAEAnomalyLib.core.termination import Terminated, terminated_on_sigterm
 
     inside, raised_inside = False, None
     with terminated_on_sigterm(True):

@@ -13,10 +13,10 @@ import SimpleITK as sitk
 import torch
 from safetensors.torch import load_file
 
-from MAEAnomalyLib.config import ModelConfig, preset
+from MAEAnomalyLib.core.config import ModelConfig, preset
+from MAEAnomalyLib.core.errors import MAEAnomalyError
+from MAEAnomalyLib.core.model_io import AnomalyModel, compact_weights, load_config, load_model, save_model
 from MAEAnomalyLib.data.synthetic import make_subject
-from MAEAnomalyLib.errors import MAEAnomalyError
-from MAEAnomalyLib.model_io import AnomalyModel, compact_weights, load_config, load_model, save_model
 from MAEAnomalyLib.scoring.scores import score_image
 
 

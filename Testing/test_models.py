@@ -5,10 +5,15 @@ from __future__ import annotations
 import pytest
 import torch
 
-from MAEAnomalyLib.config import PseudoAbnormalConfig, preset
-from MAEAnomalyLib.models import MaskedAutoencoder, build_classifier, init_classifier_from_mae
-from MAEAnomalyLib.models.pseudo_abnormal import box_masks, make_pseudo_abnormal
-from MAEAnomalyLib.models.reconstruction import MaskedPasses, masked_passes, reconstruct, reconstruct_samples
+from MAEAnomalyLib.core.config import PseudoAbnormalConfig, preset
+from MAEAnomalyLib.methods.mae_classifier.networks import MaskedAutoencoder, build_classifier, init_classifier_from_mae
+from MAEAnomalyLib.methods.mae_classifier.pseudo_abnormal import box_masks, make_pseudo_abnormal
+from MAEAnomalyLib.methods.mae_classifier.reconstruction import (
+    MaskedPasses,
+    masked_passes,
+    reconstruct,
+    reconstruct_samples,
+)
 
 
 @pytest.fixture

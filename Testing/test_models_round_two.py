@@ -18,12 +18,12 @@ from pathlib import Path
 import pytest
 import torch
 
-from MAEAnomalyLib.cli import main
-from MAEAnomalyLib.config import preset
+from MAEAnomalyLib.cli.main import main
+from MAEAnomalyLib.core.config import preset
+from MAEAnomalyLib.core.errors import MAEAnomalyError
+from MAEAnomalyLib.core.model_io import AnomalyModel, load_model, save_model
+from MAEAnomalyLib.core.shipped import models_dir
 from MAEAnomalyLib.data.synthetic import make_subject
-from MAEAnomalyLib.errors import MAEAnomalyError
-from MAEAnomalyLib.model_io import AnomalyModel, load_model, save_model
-from MAEAnomalyLib.shipped import models_dir
 
 REPO = Path(__file__).resolve().parent.parent
 WEIGHTS = ("mae.safetensors", "classifier.safetensors")

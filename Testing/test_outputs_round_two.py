@@ -17,9 +17,9 @@ from typing import TypeVar
 import pytest
 import SimpleITK as sitk
 
-from MAEAnomalyLib.cli import main
+from MAEAnomalyLib.cli.main import main
+from MAEAnomalyLib.core.files import atomic_outputs
 from MAEAnomalyLib.data.synthetic import make_subject
-from MAEAnomalyLib.files import atomic_outputs
 
 SHAPE = (24, 64, 64)  # small: fast to score
 T = TypeVar("T")
@@ -207,7 +207,7 @@ def test_a_second_run_into_a_folder_in_use_stops_in_one_line(capfd: pytest.Captu
                                                             untrained_model_dir: Path, tmp_path: Path) -> None:
     """While a cohort run holds its folder, another run into it writes nothing and says so; the lock goes
     with the run, and the next run proceeds."""
-    from MAEAnomalyLib.files import one_run_at_a_time
+    from MAEAnomalyLib.core.files import one_run_at_a_time
     from MAEAnomalyLib.scoring.cohort_table import RECORDS, RUN_LOCK
 
     subjects = [make_subject(40 + i, shape=SHAPE).write(tmp_path / "data", f"case{i}") for i in range(2)]

@@ -10,10 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from MAEAnomalyLib.errors import MAEAnomalyError
-from MAEAnomalyLib.evaluation import area_stratified_auroc, score_columns
-from MAEAnomalyLib.model_io import load_model
-from MAEAnomalyLib.scoring.position import (
+from MAEAnomalyLib.calibration.position import (
     BINS,
     brain_position,
     calibrated,
@@ -21,7 +18,10 @@ from MAEAnomalyLib.scoring.position import (
     position_bin,
     reference_from_rows,
 )
-from MAEAnomalyLib.training.calibration import threshold_from_rows
+from MAEAnomalyLib.core.errors import MAEAnomalyError
+from MAEAnomalyLib.core.model_io import load_model
+from MAEAnomalyLib.evaluation.cohort import area_stratified_auroc, score_columns
+from MAEAnomalyLib.training.calibrate import threshold_from_rows
 
 
 def test_brain_position_spans_the_foreground() -> None:

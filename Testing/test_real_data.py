@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from MAEAnomalyLib.config import preset
+from MAEAnomalyLib.core.config import preset
 from MAEAnomalyLib.data.preprocessing import prepare
 
 DATA = Path(os.environ.get("MAEANOMALY_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"))

@@ -18,13 +18,13 @@ import pytest
 import SimpleITK as sitk
 import torch
 
-from MAEAnomalyLib.cli import main
+from MAEAnomalyLib.cli.main import main
+from MAEAnomalyLib.core.errors import MAEAnomalyError
+from MAEAnomalyLib.core.files import atomic_outputs
 from MAEAnomalyLib.data.io import read_volume
 from MAEAnomalyLib.data.synthetic import make_subject
-from MAEAnomalyLib.errors import MAEAnomalyError
-from MAEAnomalyLib.files import atomic_outputs
+from MAEAnomalyLib.engine.checkpoint import load_state, save_state
 from MAEAnomalyLib.training import check_out_dir
-from MAEAnomalyLib.training.checkpoint import load_state, save_state
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -172,7 +172,7 @@ def test_checkpoint_is_one_file_and_a_stale_temporary_is_ignored_then_removed(tm
 
 _SAVER = """
 import sys, torch
-from MAEAnomalyLib.training.checkpoint import save_state
+from MAEAnomalyLib.engine.checkpoint import save_state
 epoch = 0
 while True:
     epoch += 1
@@ -207,7 +207,7 @@ def test_sigkill_at_any_moment_leaves_a_whole_checkpoint(tmp_path: Path) -> None
 
 def test_scores_do_not_depend_on_the_batch_size(untrained_model_dir: Path) -> None:
     """Each slice's random masks come from the seed and the slice alone, so batching never changes a result."""
-    from MAEAnomalyLib.model_io import load_model
+    from MAEAnomalyLib.core.model_io import load_model
     from MAEAnomalyLib.scoring.scores import score_image
 
     model = load_model(untrained_model_dir)
@@ -221,9 +221,9 @@ def test_scores_do_not_depend_on_the_batch_size(untrained_model_dir: Path) -> No
 
 
 def test_outputs_and_cache_entries_follow_the_users_umask(tmp_path: Path) -> None:
-    from MAEAnomalyLib.config import preset
+    from MAEAnomalyLib.core.config import preset
+    from MAEAnomalyLib.core.model_io import AnomalyModel, save_model
     from MAEAnomalyLib.data.slice_cache import SliceCache
-    from MAEAnomalyLib.model_io import AnomalyModel, save_model
 
     subject = make_subject(5)
     image = subject.write(tmp_path / "data", "head")[0]

@@ -12,12 +12,12 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from MAEAnomalyLib.cli import main as cli_main
-from MAEAnomalyLib.config import ModelConfig, PreprocessConfig, SegmentationConfig, apply_overrides, preset
+from MAEAnomalyLib.cli.main import main as cli_main
+from MAEAnomalyLib.core.config import ModelConfig, PreprocessConfig, SegmentationConfig, apply_overrides, preset
+from MAEAnomalyLib.core.errors import MAEAnomalyError
 from MAEAnomalyLib.data.io import from_canonical, to_canonical
 from MAEAnomalyLib.data.preprocessing import prepare_image
 from MAEAnomalyLib.data.synthetic import make_subject
-from MAEAnomalyLib.errors import MAEAnomalyError
 from MAEAnomalyLib.scoring.cohort_table import RECORDS
 from MAEAnomalyLib.scoring.segmentation import read_components_csv, segment
 

@@ -14,10 +14,10 @@ import pytest
 import torch
 from safetensors import safe_open
 
+from MAEAnomalyLib.core.model_io import STORAGE_DTYPES, WEIGHT_NAMES, load_model
+from MAEAnomalyLib.core.shipped import DEFAULT_MODEL, models_dir, resolve_model, shipped_models
 from MAEAnomalyLib.data.synthetic import make_subject
-from MAEAnomalyLib.model_io import STORAGE_DTYPES, WEIGHT_NAMES, load_model
 from MAEAnomalyLib.scoring.scores import score_image
-from MAEAnomalyLib.shipped import DEFAULT_MODEL, models_dir, resolve_model, shipped_models
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from MAEAnomalyLib.errors import MAEAnomalyError
+from MAEAnomalyLib.core.errors import MAEAnomalyError
 from SlicerMAEAnomalyLib.background import ScoringJob
 
 pytestmark = pytest.mark.skipif(os.name == "nt" or not Path("/proc").is_dir(),

@@ -15,7 +15,7 @@ slicer = pytest.importorskip("slicer")
 vtk = pytest.importorskip("vtk")
 from vtk.util import numpy_support  # noqa: E402
 
-from MAEAnomalyLib.config import PreprocessConfig, SegmentationConfig  # noqa: E402
+from MAEAnomalyLib.core.config import PreprocessConfig, SegmentationConfig  # noqa: E402
 from MAEAnomalyLib.data.io import from_canonical  # noqa: E402
 from MAEAnomalyLib.data.preprocessing import prepare_image  # noqa: E402
 from MAEAnomalyLib.data.synthetic import make_subject  # noqa: E402

@@ -18,7 +18,7 @@ import pytest
 from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 
-from MAEAnomalyLib.errors import MAEAnomalyError
+from MAEAnomalyLib.core.errors import MAEAnomalyError
 from SlicerMAEAnomalyLib import dependencies
 from SlicerMAEAnomalyLib.dependencies import TORCH_REQUIREMENT, DependencyPlan, Installers, install_dependencies
 

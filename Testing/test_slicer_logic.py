@@ -16,9 +16,9 @@ vtk = pytest.importorskip("vtk")
 from scipy.ndimage import maximum_filter, minimum_filter  # noqa: E402
 from vtk.util import numpy_support  # noqa: E402
 
-from MAEAnomalyLib.cli import main as cli_main  # noqa: E402
+from MAEAnomalyLib.cli.main import main as cli_main  # noqa: E402
+from MAEAnomalyLib.core.errors import MAEAnomalyError  # noqa: E402
 from MAEAnomalyLib.data.synthetic import make_subject  # noqa: E402
-from MAEAnomalyLib.errors import MAEAnomalyError  # noqa: E402
 from MAEAnomalyLib.scoring.table import SCORE_COLUMNS, read_table_csv  # noqa: E402
 from SlicerMAEAnomalyLib.logic import MAEAnomalyLogic  # noqa: E402
 from SlicerMAEAnomalyLib.results import INPUT_REFERENCE  # noqa: E402

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 from packaging.requirements import Requirement
 
-from MAEAnomalyLib.errors import MAEAnomalyError
+from MAEAnomalyLib.core.errors import MAEAnomalyError
 from SlicerMAEAnomalyLib.dependencies import (
     PACKAGES_DECLINED,
     TORCH_DECLINED,

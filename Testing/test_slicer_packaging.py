@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from MAEAnomalyLib import shipped
+from MAEAnomalyLib.core import shipped
 
 ROOT = Path(__file__).resolve().parent.parent
 MODULE = ROOT / "MAEAnomaly"
@@ -117,7 +117,7 @@ def test_license_icon_and_screenshot() -> None:
 
 
 def test_shipped_models_are_installed_beside_the_library(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """models/ goes where MAEAnomalyLib.shipped looks for it: beside the installed MAEAnomalyLib package."""
+    """models/ goes where MAEAnomalyLib.core.shipped looks for it: beside the installed MAEAnomalyLib package."""
     sets = cmake_sets(MODULE / "CMakeLists.txt")
     # Copied to the same relative path under qt-scripted-modules, where MAEAnomalyLib/ goes too.
     assert "set(copy ${CMAKE_BINARY_DIR}/${Slicer_QTSCRIPTEDMODULES_LIB_DIR}/${file})" \
@@ -132,7 +132,7 @@ def test_shipped_models_are_installed_beside_the_library(tmp_path: Path, monkeyp
     (model / "config.json").write_text("{}")
     (model / "MODEL_CARD.md").write_text("# brain-t1\n\nT1-weighted adult brains.\n")
     monkeypatch.delenv("MAEANOMALY_MODELS", raising=False)
-    code = "import sys; sys.path.insert(0, sys.argv[1]); from MAEAnomalyLib.shipped import shipped_models; " \
+    code = "import sys; sys.path.insert(0, sys.argv[1]); from MAEAnomalyLib.core.shipped import shipped_models; " \
            "print([(m.name, str(m.path), m.summary) for m in shipped_models()])"
     out = subprocess.run([sys.executable, "-c", code, str(lib)], capture_output=True, encoding="utf-8", check=True)
     assert out.stdout.strip() == str([("brain-t1", str(model), "T1-weighted adult brains.")])

@@ -15,7 +15,7 @@ import SimpleITK as sitk
 
 slicer = pytest.importorskip("slicer")
 
-from MAEAnomalyLib.errors import MAEAnomalyError  # noqa: E402
+from MAEAnomalyLib.core.errors import MAEAnomalyError  # noqa: E402
 from MAEAnomalyLib.scoring.table import SCORE_COLUMNS, table_to_csv  # noqa: E402
 from SlicerMAEAnomalyLib.background import ScoringJob  # noqa: E402
 from SlicerMAEAnomalyLib.logic import MAEAnomalyLogic, model_threshold, score_arguments  # noqa: E402

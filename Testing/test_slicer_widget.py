@@ -206,4 +206,4 @@ def test_reload_reloads_the_panels_package(panel, monkeypatch: pytest.MonkeyPatc
     finally:
         sys.modules.update(kept)  # the other tests hold the classes of these modules
     assert cached_then == [("MAEAnomaly", [])]
-    assert "MAEAnomalyLib.errors" in sys.modules
+    assert "MAEAnomalyLib.core.errors" in sys.modules

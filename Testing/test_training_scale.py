@@ -18,15 +18,15 @@ import SimpleITK as sitk
 import torch
 from safetensors.torch import load_file
 
-from MAEAnomalyLib.config import ModelConfig, preset
+from MAEAnomalyLib.core.config import ModelConfig, preset
+from MAEAnomalyLib.core.errors import MAEAnomalyError
+from MAEAnomalyLib.core.model_io import AnomalyModel, load_model
 from MAEAnomalyLib.data.inputs import expand_paths
 from MAEAnomalyLib.data.preprocessing import prepare
 from MAEAnomalyLib.data.slice_cache import SliceCache, SliceRows
 from MAEAnomalyLib.data.synthetic import make_subject, write_cohort
-from MAEAnomalyLib.errors import MAEAnomalyError
-from MAEAnomalyLib.model_io import AnomalyModel, load_model
+from MAEAnomalyLib.engine.checkpoint import load_state
 from MAEAnomalyLib.training import RunOptions, train
-from MAEAnomalyLib.training.checkpoint import load_state
 
 pytestmark = pytest.mark.slow  # trains models or drives a real MRML scene end to end
 

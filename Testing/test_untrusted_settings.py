@@ -12,10 +12,10 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from MAEAnomalyLib.cli import main
-from MAEAnomalyLib.config import PRESETS, preset
-from MAEAnomalyLib.errors import MAEAnomalyError
-from MAEAnomalyLib.model_io import load_model
+from MAEAnomalyLib.cli.main import main
+from MAEAnomalyLib.core.config import PRESETS, preset
+from MAEAnomalyLib.core.errors import MAEAnomalyError
+from MAEAnomalyLib.core.model_io import load_model
 
 
 def edited(model_dir: Path, tmp_path: Path, section: str | None, name: str, value: object) -> Path:

@@ -15,16 +15,16 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from MAEAnomalyLib.cli import main as cli_main
+from MAEAnomalyLib.calibration.voxel_threshold import VoxelCalibration
+from MAEAnomalyLib.cli.main import main as cli_main
+from MAEAnomalyLib.core.model_io import load_model
+from MAEAnomalyLib.core.runtime import resolve_device
 from MAEAnomalyLib.data.io import read_volume, to_canonical
 from MAEAnomalyLib.data.preprocessing import prepare
 from MAEAnomalyLib.data.synthetic import write_cohort
-from MAEAnomalyLib.model_io import load_model
-from MAEAnomalyLib.runtime import resolve_device
+from MAEAnomalyLib.engine.distributed import Dist
 from MAEAnomalyLib.scoring.scores import score_prepared
 from MAEAnomalyLib.scoring.voxel_maps import voxel_maps
-from MAEAnomalyLib.training.distributed import Dist
-from MAEAnomalyLib.training.voxel_threshold import VoxelCalibration
 
 
 @pytest.fixture(scope="module")

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from sklearn.metrics import average_precision_score, roc_auc_score
 
-from MAEAnomalyLib.voxel_metrics import VoxelEvaluation, VoxelHistogram, format_voxel_metrics
+from MAEAnomalyLib.evaluation.voxel_metrics import VoxelEvaluation, VoxelHistogram, format_voxel_metrics
 
 
 def _volumes(seed: int, n: int = 4, shape: tuple[int, int, int] = (12, 40, 40)):

@@ -10,11 +10,11 @@ import pytest
 import SimpleITK as sitk
 import torch
 
-from MAEAnomalyLib.config import PreprocessConfig
+from MAEAnomalyLib.core.config import PreprocessConfig
+from MAEAnomalyLib.core.model_io import load_model
 from MAEAnomalyLib.data.io import to_canonical
 from MAEAnomalyLib.data.preprocessing import prepare_image
 from MAEAnomalyLib.data.synthetic import make_subject
-from MAEAnomalyLib.model_io import load_model
 from MAEAnomalyLib.scoring.scores import anomaly_map, difference_image, score_prepared, smoothed_in_foreground
 
 

@@ -24,8 +24,8 @@ from pathlib import Path
 
 import numpy as np
 
-from MAEAnomalyLib.cli import main
-from MAEAnomalyLib.evaluation import evaluate_cohort, format_metrics
+from MAEAnomalyLib.cli.main import main
+from MAEAnomalyLib.evaluation.cohort import evaluate_cohort, format_metrics
 
 TRAIN_CASES = ("pat0001", "pat0002", "pat0003", "pat0004")
 TEST_CASES = ("pat0005", "pat0006")

@@ -18,8 +18,8 @@ import numpy as np
 import SimpleITK as sitk
 import torch
 
+from MAEAnomalyLib.core.runtime import resolve_device
 from MAEAnomalyLib.data.brain import extract_brain, is_skull_stripped
-from MAEAnomalyLib.runtime import resolve_device
 
 
 def dice(a: np.ndarray, b: np.ndarray) -> float:

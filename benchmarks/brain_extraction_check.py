@@ -21,8 +21,8 @@ from pathlib import Path
 import numpy as np
 import SimpleITK as sitk
 
+from MAEAnomalyLib.core.runtime import resolve_device
 from MAEAnomalyLib.data.brain import brain_measures, extract_brain, implausible_brain, is_skull_stripped
-from MAEAnomalyLib.runtime import resolve_device
 
 SAMPLE = Path(__file__).resolve().parents[1] / "Resources" / "SampleData" / "IXI516-HH-2297_T1.nii.gz"
 

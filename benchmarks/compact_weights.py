@@ -25,12 +25,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from MAEAnomalyLib.core.model_io import compact_weights, load_model
 from MAEAnomalyLib.data.preprocessing import prepare
-from MAEAnomalyLib.model_io import compact_weights, load_model
+from MAEAnomalyLib.evaluation.voxels import stored_thresholds
 from MAEAnomalyLib.scoring.scores import score_prepared
 from MAEAnomalyLib.scoring.segmentation import label_components
 from MAEAnomalyLib.scoring.voxel_maps import voxel_maps, voxel_mm3
-from MAEAnomalyLib.voxel_evaluation import stored_thresholds
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from t1_protocol import CASES, ixi_split

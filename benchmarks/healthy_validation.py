@@ -26,14 +26,14 @@ import numpy as np
 import torch
 from sklearn.metrics import roc_auc_score
 
-from MAEAnomalyLib.config import ModelConfig, apply_overrides
+from MAEAnomalyLib.core.config import ModelConfig, apply_overrides
+from MAEAnomalyLib.core.errors import MAEAnomalyError
+from MAEAnomalyLib.core.model_io import AnomalyModel, load_model
 from MAEAnomalyLib.data.preprocessing import prepare
 from MAEAnomalyLib.data.slice_cache import healthy_rows
-from MAEAnomalyLib.errors import MAEAnomalyError
-from MAEAnomalyLib.model_io import AnomalyModel, load_model
-from MAEAnomalyLib.models.classifier import anomaly_probability, classifier_input
-from MAEAnomalyLib.models.pseudo_abnormal import make_pseudo_abnormal
-from MAEAnomalyLib.models.reconstruction import reconstruct_samples
+from MAEAnomalyLib.methods.mae_classifier.classifier import anomaly_probability, classifier_input
+from MAEAnomalyLib.methods.mae_classifier.pseudo_abnormal import make_pseudo_abnormal
+from MAEAnomalyLib.methods.mae_classifier.reconstruction import reconstruct_samples
 
 BATCH = 32
 

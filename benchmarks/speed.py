@@ -40,19 +40,19 @@ from torch.utils.flop_counter import FlopCounterMode
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
-from MAEAnomalyLib.config import PRESETS, ModelConfig, preset
+from MAEAnomalyLib.core.config import PRESETS, ModelConfig, preset
+from MAEAnomalyLib.core.model_io import AnomalyModel
 from MAEAnomalyLib.data.io import read_mask, read_volume, to_canonical
 from MAEAnomalyLib.data.preprocessing import PreparedVolume, prepare_image
 from MAEAnomalyLib.data.slice_cache import SliceCache, SliceRows
 from MAEAnomalyLib.data.synthetic import make_subject
-from MAEAnomalyLib.model_io import AnomalyModel
-from MAEAnomalyLib.models.classifier import anomaly_probability
-from MAEAnomalyLib.models.reconstruction import reconstruct
+from MAEAnomalyLib.engine.distributed import Dist, StopControl
+from MAEAnomalyLib.engine.loop import Progress, Run, RunOptions, make_loader, make_optimizer, optimisation_step
+from MAEAnomalyLib.engine.samples import EpochBatches
+from MAEAnomalyLib.methods.mae_classifier.classifier import anomaly_probability
+from MAEAnomalyLib.methods.mae_classifier.reconstruction import reconstruct
+from MAEAnomalyLib.methods.mae_classifier.stages import ClassifierStage, MAEStage
 from MAEAnomalyLib.scoring import scores as scoring
-from MAEAnomalyLib.training.distributed import Dist, StopControl
-from MAEAnomalyLib.training.loop import Progress, Run, RunOptions, make_loader, make_optimizer, optimisation_step
-from MAEAnomalyLib.training.samples import EpochBatches
-from MAEAnomalyLib.training.stages import ClassifierStage, MAEStage
 
 VOLUME_SHAPE = (155, 240, 240)  # (Z, Y, X), the BraTS grid
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}

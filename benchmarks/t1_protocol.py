@@ -21,8 +21,8 @@ from pathlib import Path
 
 import numpy as np
 
-from MAEAnomalyLib.cli import main
-from MAEAnomalyLib.evaluation import evaluate_cohort, format_metrics
+from MAEAnomalyLib.cli.main import main
+from MAEAnomalyLib.evaluation.cohort import evaluate_cohort, format_metrics
 
 TRAINED_ON = 30  # the first 30 IXI volumes in sorted order; the last 10 are never seen
 CASES = tuple(f"pat000{i}" for i in range(1, 7))
@@ -39,11 +39,11 @@ def ixi_split(data: Path) -> tuple[list[Path], list[Path], list[Path], list[Path
 def unseen_fpr(model_dir: Path, images: list[Path], masks: list[Path], device_name: str) -> dict:
     """The share of brain slices of unseen healthy volumes flagged at the model's threshold, and the
     brain volume each one's voxel maps call anomalous."""
+    from MAEAnomalyLib.core.model_io import load_model
+    from MAEAnomalyLib.core.runtime import resolve_device
     from MAEAnomalyLib.data.preprocessing import prepare
-    from MAEAnomalyLib.model_io import load_model
-    from MAEAnomalyLib.runtime import resolve_device
+    from MAEAnomalyLib.evaluation.voxels import CohortVoxels
     from MAEAnomalyLib.scoring.scores import score_prepared
-    from MAEAnomalyLib.voxel_evaluation import CohortVoxels
 
     model = load_model(model_dir)
     device = resolve_device(device_name)
@@ -92,7 +92,7 @@ def main_cli() -> int:
                      "--masks", *map(str, train_masks), *flags, "--device", args.device])
         if code:
             return code
-    from MAEAnomalyLib.shipped import resolve_model
+    from MAEAnomalyLib.core.shipped import resolve_model
 
     model_dir = resolve_model(str(model_dir))
     root = data / "brats2015"

@@ -39,8 +39,8 @@ def write_volumes(work: Path, n: int, shape: tuple[int, int, int]) -> list[tuple
 def untrained_model(work: Path) -> Path:
     import torch
 
-    from MAEAnomalyLib.config import preset
-    from MAEAnomalyLib.model_io import AnomalyModel, save_model
+    from MAEAnomalyLib.core.config import preset
+    from MAEAnomalyLib.core.model_io import AnomalyModel, save_model
 
     out = work / "untrained_tiny"
     if not (out / "config.json").exists():
@@ -57,8 +57,8 @@ def measure(model: Path, volumes: list, n: int) -> dict:
     import numpy as np
     import torch
 
-    from MAEAnomalyLib import voxel_evaluation
-    from MAEAnomalyLib.evaluation import evaluate_cohort
+    from MAEAnomalyLib.evaluation import voxels as voxel_evaluation
+    from MAEAnomalyLib.evaluation.cohort import evaluate_cohort
 
     torch.set_num_threads(2)
     spent = [0.0]

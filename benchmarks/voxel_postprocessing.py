@@ -20,14 +20,14 @@ import sys
 import numpy as np
 import SimpleITK as sitk
 
+from MAEAnomalyLib.core.model_io import load_model
+from MAEAnomalyLib.core.runtime import resolve_device
 from MAEAnomalyLib.data.io import read_mask, to_canonical
 from MAEAnomalyLib.data.preprocessing import prepare
-from MAEAnomalyLib.model_io import load_model
-from MAEAnomalyLib.runtime import resolve_device
+from MAEAnomalyLib.evaluation.voxel_metrics import VoxelHistogram
 from MAEAnomalyLib.scoring.scores import score_prepared
 from MAEAnomalyLib.scoring.segmentation import label_components, median_filtered
 from MAEAnomalyLib.scoring.voxel_maps import voxel_maps, voxel_mm3
-from MAEAnomalyLib.voxel_metrics import VoxelHistogram
 
 
 def scored_maps(model, images: list[str], masks: list[str] | None, labels: list[str] | None = None) -> list[tuple]:

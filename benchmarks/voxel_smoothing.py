@@ -28,15 +28,15 @@ import numpy as np
 import SimpleITK as sitk
 from scipy.ndimage import binary_erosion, gaussian_filter
 
+from MAEAnomalyLib.calibration.voxel_threshold import VoxelCalibration
+from MAEAnomalyLib.core.model_io import load_model
+from MAEAnomalyLib.core.runtime import resolve_device
+from MAEAnomalyLib.core.shipped import resolve_model
 from MAEAnomalyLib.data.io import read_mask, read_volume, to_canonical
 from MAEAnomalyLib.data.preprocessing import prepare_image
-from MAEAnomalyLib.model_io import load_model
-from MAEAnomalyLib.runtime import resolve_device
+from MAEAnomalyLib.engine.distributed import Dist
+from MAEAnomalyLib.evaluation.voxels import CohortVoxels
 from MAEAnomalyLib.scoring.scores import VolumeScores, anomaly_map, difference_image, score_prepared
-from MAEAnomalyLib.shipped import resolve_model
-from MAEAnomalyLib.training.distributed import Dist
-from MAEAnomalyLib.training.voxel_threshold import VoxelCalibration
-from MAEAnomalyLib.voxel_evaluation import CohortVoxels
 
 UNSEEN_FROM = 30  # as benchmarks/t1_protocol.py: the last 10 IXI volumes in sorted order are never trained on
 

@@ -20,7 +20,7 @@ from collections import deque
 from dataclasses import dataclass
 from pathlib import Path
 
-from MAEAnomalyLib.errors import MAEAnomalyError
+from MAEAnomalyLib.core.errors import MAEAnomalyError
 
 ERROR_PREFIX = "maeanomaly: error: "
 PROGRESS_PREFIX = "progress "

@@ -17,7 +17,7 @@ import SimpleITK as sitk
 import slicer
 from vtk.util import numpy_support
 
-from MAEAnomalyLib.errors import MAEAnomalyError
+from MAEAnomalyLib.core.errors import MAEAnomalyError
 from MAEAnomalyLib.scoring.segmentation import COMPONENT_COLUMNS, read_components_csv
 
 from .messages import reportingErrors

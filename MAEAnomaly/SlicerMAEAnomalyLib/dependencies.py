@@ -29,7 +29,7 @@ try:
 except ImportError:
     from pip._vendor.packaging.version import InvalidVersion, Version
 
-from MAEAnomalyLib.errors import MAEAnomalyError
+from MAEAnomalyLib.core.errors import MAEAnomalyError
 
 ConfirmFn = Callable[[str], bool]
 

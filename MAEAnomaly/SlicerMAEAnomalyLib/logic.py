@@ -17,8 +17,8 @@ from pathlib import Path
 import SimpleITK as sitk
 import slicer
 
+from MAEAnomalyLib.core.errors import MAEAnomalyError
 from MAEAnomalyLib.data.io import check_same_grid
-from MAEAnomalyLib.errors import MAEAnomalyError
 from MAEAnomalyLib.scoring.table import read_table_csv
 
 from .background import JobStatus, ScoringJob
@@ -43,7 +43,7 @@ def work_directory() -> Path:
 
 def model_threshold(model_path: str | Path) -> float:
     """The decision threshold stored in a model directory, read without importing torch."""
-    from MAEAnomalyLib.config import ModelConfig
+    from MAEAnomalyLib.core.config import ModelConfig
 
     path = Path(model_path) / "config.json"
     try:
@@ -144,9 +144,9 @@ class MAEAnomalyLogic(ResultNodes):
         """Scores every axial slice of ``inputVolume`` in this process (blocking; the widget uses
         ``startProcessing`` instead) with ``maskNode`` (a volume or segmentation) or else the automatic
         head foreground, and returns the score table and the difference volume."""
-        from MAEAnomalyLib.runtime import resolve_device
+        from MAEAnomalyLib.core.runtime import resolve_device
+        from MAEAnomalyLib.core.shipped import resolve_model
         from MAEAnomalyLib.scoring.scores import score_image
-        from MAEAnomalyLib.shipped import resolve_model
 
         image, mask = self._input_images(inputVolume, maskNode)
         model = self._load_model(resolve_model(modelPath))
@@ -168,7 +168,7 @@ class MAEAnomalyLogic(ResultNodes):
 
     def _load_model(self, modelPath: str | Path):
         """Loads a model directory, reusing the last one while its config.json is unchanged."""
-        from MAEAnomalyLib.model_io import load_model
+        from MAEAnomalyLib.core.model_io import load_model
 
         config = Path(modelPath) / "config.json"
         key = (str(Path(modelPath).resolve()), config.stat().st_mtime if config.is_file() else -1.0)
@@ -234,7 +234,7 @@ class MAEAnomalyLogic(ResultNodes):
 
     @staticmethod
     def _model_folder(model: str | Path) -> Path:
-        from MAEAnomalyLib.shipped import resolve_model
+        from MAEAnomalyLib.core.shipped import resolve_model
 
         return resolve_model(model)
 

@@ -9,7 +9,7 @@ from collections.abc import Callable
 
 import slicer
 
-from MAEAnomalyLib.errors import MAEAnomalyError
+from MAEAnomalyLib.core.errors import MAEAnomalyError
 
 
 def oneLine(exc: BaseException) -> str:

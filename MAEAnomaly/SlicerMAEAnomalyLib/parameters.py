@@ -7,7 +7,7 @@ from typing import Annotated, Union
 import slicer
 from slicer.parameterNodeWrapper import WithinRange, parameterNodeWrapper
 
-from MAEAnomalyLib.shipped import DEFAULT_MODEL
+from MAEAnomalyLib.core.shipped import DEFAULT_MODEL
 
 from .logic import BRAIN_MASK_AUTO, BRAIN_MASK_NONE
 from .results import DEFAULT_DISPLAY_THRESHOLD, DEFAULT_OPACITY, MAX_DISPLAY_THRESHOLD

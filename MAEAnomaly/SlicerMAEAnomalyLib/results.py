@@ -12,7 +12,7 @@ import slicer
 import vtk
 from vtk.util import numpy_support
 
-from MAEAnomalyLib.errors import MAEAnomalyError
+from MAEAnomalyLib.core.errors import MAEAnomalyError
 from MAEAnomalyLib.scoring.table import INTEGER_COLUMNS
 
 from .volumes import vtk_image

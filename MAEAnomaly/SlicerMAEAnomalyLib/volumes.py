@@ -9,7 +9,7 @@ import slicer
 import vtk
 from vtk.util import numpy_support
 
-from MAEAnomalyLib.errors import MAEAnomalyError
+from MAEAnomalyLib.core.errors import MAEAnomalyError
 
 _RAS_TO_LPS = np.diag([-1.0, -1.0, 1.0])
 

@@ -9,7 +9,7 @@ import vtk
 from slicer.ScriptedLoadableModule import ScriptedLoadableModuleWidget
 from slicer.util import VTKObservationMixin
 
-from MAEAnomalyLib.shipped import shipped_models
+from MAEAnomalyLib.core.shipped import shipped_models
 
 from .components import ComponentsPanel
 from .dependencies import install_dependencies, plan_dependencies

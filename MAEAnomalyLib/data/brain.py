@@ -13,8 +13,8 @@ import SimpleITK as sitk
 import torch
 from scipy import ndimage
 
-from ..config import PreprocessConfig
-from ..errors import MAEAnomalyError
+from ..core.config import PreprocessConfig
+from ..core.errors import MAEAnomalyError
 from .io import from_canonical, read_mask, read_volume, to_canonical
 from .preprocessing import PreparedVolume, check_slices_fit, prepare_image
 

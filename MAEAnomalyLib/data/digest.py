@@ -8,7 +8,7 @@ import hashlib
 from collections.abc import Iterator
 from pathlib import Path
 
-from ..errors import MAEAnomalyError
+from ..core.errors import MAEAnomalyError
 
 _CHUNK = 1 << 20
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
-from ..errors import MAEAnomalyError
+from ..core.errors import MAEAnomalyError
 from .io import DENIED, VOLUME_SUFFIXES, check_input, volume_name
 
 Source = tuple[Path, Path | None, Path | None]  # (image, mask, label map)

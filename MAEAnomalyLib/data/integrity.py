@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import gzip
 import struct
-import zlib
 from collections.abc import Sequence
 from pathlib import Path
 from typing import IO
@@ -13,23 +12,13 @@ from typing import IO
 import numpy as np
 import SimpleITK as sitk
 
-from ..errors import MAEAnomalyError
+from ..core.errors import MAEAnomalyError
 
 _NIFTI_FLOAT_TYPES = {16: "f4", 64: "f8"}
 
 
 def _open_maybe_gzip(path: Path) -> IO[bytes]:
     return gzip.open(path, "rb") if path.name.lower().endswith(".gz") else path.open("rb")
-
-
-def check_gzip_stream(path: Path) -> None:
-    """ITK reads a truncated .gz silently (the missing voxels become zeros); decompressing it all detects it."""
-    try:
-        with gzip.open(path, "rb") as fh:
-            while fh.read(1 << 22):
-                pass
-    except (EOFError, OSError, zlib.error) as exc:
-        raise MAEAnomalyError(f"cannot read image (damaged or truncated compressed file: {exc})", path) from None
 
 
 def _check_holds(held: int, expected: int, path: Path) -> None:

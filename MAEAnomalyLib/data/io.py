@@ -10,9 +10,10 @@ from pathlib import Path
 import numpy as np
 import SimpleITK as sitk
 
-from ..errors import MAEAnomalyError
+from ..core.errors import MAEAnomalyError
+from ..core.files import check_gzip_stream
 from .digest import data_files
-from .integrity import check_dicom_spacing, check_gzip_stream, check_metaimage, check_nifti
+from .integrity import check_dicom_spacing, check_metaimage, check_nifti
 
 VOLUME_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd", ".img", ".hdr")
 # Scores run over slices of the LPS-oriented volume: index k grows from inferior to superior.

@@ -14,8 +14,8 @@ from monai.transforms import CenterSpatialCrop, Resize, ScaleIntensityRange, Spa
 from monai.transforms.utils import generate_spatial_bounding_box
 from monai.utils import convert_to_numpy, convert_to_tensor
 
-from ..config import PreprocessConfig
-from ..errors import MAEAnomalyError
+from ..core.config import PreprocessConfig
+from ..core.errors import MAEAnomalyError
 from .io import canonical_size, read_mask, read_volume, slice_positions_mm, to_canonical
 
 # A background plateau (skull-stripped or zero-filled data) covers at least this share of voxels.

@@ -27,9 +27,9 @@ import numpy as np
 import SimpleITK as sitk
 import torch
 
-from ..config import PreprocessConfig
-from ..errors import MAEAnomalyError
-from ..files import current_umask, write_failure
+from ..core.config import PreprocessConfig
+from ..core.errors import MAEAnomalyError
+from ..core.files import current_umask, write_failure
 from .digest import content_digest
 from .preprocessing import prepare
 

@@ -25,11 +25,11 @@ import torch
 import torch.distributed as torch_dist
 from tqdm import tqdm
 
+from ..core.errors import MAEAnomalyError
+from ..core.files import atomic_outputs, one_run_at_a_time, refuse_inputs, write_failure
+from ..core.model_io import AnomalyModel, load_model
 from ..data.inputs import pair
-from ..errors import MAEAnomalyError
-from ..files import atomic_outputs, one_run_at_a_time, refuse_inputs, write_failure
-from ..model_io import AnomalyModel, load_model
-from ..training.distributed import Dist, session
+from ..engine.distributed import Dist, session
 from .cohort_table import (
     COHORT_CSV,
     OK,

@@ -15,9 +15,9 @@ from pathlib import Path
 
 import numpy as np
 
+from ..core.errors import MAEAnomalyError
+from ..core.files import file_digest
 from ..data.io import volume_name
-from ..errors import MAEAnomalyError
-from ..files import file_digest
 
 COHORT_CSV = "cohort.csv"
 COHORT_COLUMNS = ("image", "mask", "name", "slices_scored", "max_score", "max_slice", "max_position_mm",

@@ -8,13 +8,13 @@ from pathlib import Path
 import SimpleITK as sitk
 import torch
 
-from ..config import ModelConfig
+from ..core.config import ModelConfig
+from ..core.errors import MAEAnomalyError
+from ..core.files import atomic_outputs, refuse_inputs
+from ..core.model_io import load_model
 from ..data.brain import BRAIN_MASK_MODES, Foreground, prepare_volume
 from ..data.io import volume_name
 from ..data.preprocessing import PreparedVolume
-from ..errors import MAEAnomalyError
-from ..files import atomic_outputs, refuse_inputs
-from ..model_io import load_model
 from .cohort_table import model_digest, read_record, record_path, record_text, volume_record, written_here
 from .report import render_report
 from .scores import ProgressFn, VolumeScores, score_prepared

@@ -31,9 +31,9 @@ from multiprocessing.process import BaseProcess
 import SimpleITK as sitk
 import torch
 
-from ..config import ModelConfig
+from ..core.config import ModelConfig
+from ..core.errors import MAEAnomalyError
 from ..data.preprocessing import PreparedVolume
-from ..errors import MAEAnomalyError
 from .outputs import prepare_for_scoring
 
 PR_SET_PDEATHSIG = 1  # linux/prctl.h

@@ -11,14 +11,14 @@ import torch
 from monai.metrics.regression import compute_ssim_and_cs
 from scipy.ndimage import gaussian_filter
 
-from ..config import SegmentationConfig
+from ..calibration.position import brain_position, calibrated
+from ..core.config import SegmentationConfig
+from ..core.model_io import AnomalyModel
+from ..core.runtime import autocast, seeded_generator
 from ..data.io import from_canonical
 from ..data.preprocessing import PreparedVolume, prepare_image
-from ..model_io import AnomalyModel
-from ..models.classifier import anomaly_probability, classifier_input
-from ..models.reconstruction import average_reconstructions, masked_passes
-from ..runtime import autocast, seeded_generator
-from .position import brain_position, calibrated
+from ..methods.mae_classifier.classifier import anomaly_probability, classifier_input
+from ..methods.mae_classifier.reconstruction import average_reconstructions, masked_passes
 
 SSIM_KERNEL = 7
 SCORING_SEED = 0

@@ -18,7 +18,7 @@ import numpy as np
 import SimpleITK as sitk
 from scipy import ndimage
 
-from ..config import SegmentationConfig
+from ..core.config import SegmentationConfig
 from ..data.io import from_canonical, to_canonical
 
 if TYPE_CHECKING:  # torch-free at import, so that the Slicer module loads before torch is installed

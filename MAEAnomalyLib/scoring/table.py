@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import MAEAnomalyError
+from ..core.errors import MAEAnomalyError
 
 # One row per axial slice, inferior first; the CLI's CSV and the Slicer table share these columns.
 # score is what the threshold applies to: the probability calibrated by brain position when the model has

@@ -7,7 +7,7 @@ from __future__ import annotations
 import numpy as np
 import SimpleITK as sitk
 
-from ..config import PreprocessConfig
+from ..core.config import PreprocessConfig
 from ..data.io import to_canonical
 from ..data.preprocessing import normalise
 from .scores import VolumeScores

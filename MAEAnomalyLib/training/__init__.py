@@ -2,7 +2,7 @@
 and classifier stages (``stages``), calibration of the threshold (``calibration``), checkpoints
 (``checkpoint``), torchrun (``distributed``), and ``train`` itself (``pipeline``)."""
 
-from .loop import RunOptions, TrainingInterrupted
+from ..engine.loop import RunOptions, TrainingInterrupted
 from .pipeline import check_out_dir, split_volumes, train
 
 __all__ = ["RunOptions", "TrainingInterrupted", "check_out_dir", "split_volumes", "train"]

@@ -23,18 +23,18 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from ..config import ModelConfig
+from ..calibration.voxel_threshold import VoxelCalibration
+from ..core.config import ModelConfig
+from ..core.errors import MAEAnomalyError
+from ..core.model_io import AnomalyModel, load_model, save_model
 from ..data.inputs import Source
 from ..data.inputs import sources as pair_sources
 from ..data.slice_cache import CacheEntry, SliceCache, SliceRows, preparation_pool, prepare_entry
-from ..errors import MAEAnomalyError
-from ..model_io import AnomalyModel, load_model, save_model
-from .calibration import healthy_rows, refuse_repeated_volumes, threshold_from_rows
-from .checkpoint import load_checkpoint, save_checkpoint
-from .distributed import Dist, StopControl, session
-from .loop import LogFn, Progress, Run, RunOptions, TrainingInterrupted
-from .stages import RECONSTRUCTION_DIR, begin_classifier, run_stages
-from .voxel_threshold import VoxelCalibration
+from ..engine.checkpoint import load_checkpoint, save_checkpoint
+from ..engine.distributed import Dist, StopControl, session
+from ..engine.loop import LogFn, Progress, Run, RunOptions, TrainingInterrupted
+from ..methods.mae_classifier.stages import RECONSTRUCTION_DIR, begin_classifier, run_stages
+from .calibrate import healthy_rows, refuse_repeated_volumes, threshold_from_rows
 
 CHECKPOINT_DIR = "checkpoint"
 

@@ -8,7 +8,7 @@ from pathlib import Path
 
 
 def cmd_models(args: argparse.Namespace) -> int:
-    from .shipped import DEFAULT_MODEL, models_dir, shipped_models
+    from ..core.shipped import DEFAULT_MODEL, models_dir, shipped_models
 
     found = shipped_models()
     if not found:
@@ -22,10 +22,10 @@ def cmd_models(args: argparse.Namespace) -> int:
 
 
 def cmd_calibrate(args: argparse.Namespace) -> int:
-    from .data.inputs import expand_paths
-    from .runtime import resolve_device
-    from .shipped import resolve_model
-    from .training.site_calibration import calibrate_site
+    from ..core.runtime import resolve_device
+    from ..core.shipped import resolve_model
+    from ..data.inputs import expand_paths
+    from ..training.site import calibrate_site
 
     model = resolve_model(args.model)
     images, masks = expand_paths(args.images), expand_paths(args.masks)

@@ -17,15 +17,15 @@ from pathlib import Path
 
 import torch
 
-from ..config import apply_overrides
+from ..calibration.voxel_threshold import VoxelCalibration
+from ..core.config import apply_overrides
+from ..core.errors import MAEAnomalyError
+from ..core.files import AtomicWriter, current_umask, refuse_inputs, signals_deferred, write_failure
+from ..core.model_io import CONFIG_NAME, WEIGHT_NAMES, config_json, load_model
 from ..data.brain import prepare_volume
 from ..data.inputs import sources as pair_sources
-from ..errors import MAEAnomalyError
-from ..files import AtomicWriter, current_umask, refuse_inputs, signals_deferred, write_failure
-from ..model_io import CONFIG_NAME, WEIGHT_NAMES, config_json, load_model
-from .calibration import healthy_rows, refuse_repeated_volumes, threshold_from_rows
-from .distributed import Dist
-from .voxel_threshold import VoxelCalibration
+from ..engine.distributed import Dist
+from .calibrate import healthy_rows, refuse_repeated_volumes, threshold_from_rows
 
 
 def _sha256(path: Path) -> str:

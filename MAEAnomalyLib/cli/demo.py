@@ -10,7 +10,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from .errors import MAEAnomalyError
+from ..core.errors import MAEAnomalyError
 
 MARKER = ".maeanomaly-demo"
 
@@ -29,8 +29,8 @@ def run_demo_training(out: Path, healthy: int, device_name: str, quick: bool, lo
              run_cli: Callable[[list[str]], int]) -> tuple[dict, float]:
     """Runs the four steps (``train`` and ``score`` through the command line itself, ``run_cli``);
     returns the evaluation metrics and the seconds taken."""
-    from .data.synthetic import write_cohort
-    from .evaluation import evaluate_cohort
+    from ..data.synthetic import write_cohort
+    from ..evaluation.cohort import evaluate_cohort
 
     prepare_folder(out)
     start = time.perf_counter()
@@ -57,7 +57,7 @@ SAMPLE = "IXI516-HH-2297"
 
 def sample_dir() -> Path:
     """The bundled IXI volume (Resources/SampleData, CC BY-SA 3.0: see its README)."""
-    return Path(__file__).resolve().parents[1] / "Resources" / "SampleData"
+    return Path(__file__).resolve().parents[2] / "Resources" / "SampleData"
 
 
 def write_lesioned(image_path: Path, mask_path: Path, out: Path) -> tuple[Path, Path, list[int]]:
@@ -67,7 +67,7 @@ def write_lesioned(image_path: Path, mask_path: Path, out: Path) -> tuple[Path, 
     import numpy as np
     import SimpleITK as sitk
 
-    from .data.io import from_canonical, to_canonical
+    from ..data.io import from_canonical, to_canonical
 
     image = sitk.ReadImage(str(image_path), sitk.sitkFloat32)
     volume = sitk.GetArrayFromImage(to_canonical(image))
@@ -97,8 +97,8 @@ def run_demo(out: Path, device_name: str, log: Callable[[str], None],
     import numpy as np
     import SimpleITK as sitk
 
-    from .scoring.segmentation import read_components_csv
-    from .scoring.table import read_table_csv
+    from ..scoring.segmentation import read_components_csv
+    from ..scoring.table import read_table_csv
 
     prepare_folder(out)
     start = time.perf_counter()

@@ -19,11 +19,11 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset, Sampler
 
-from ..config import ClassifierConfig, PseudoAbnormalConfig
+from ..core.config import ClassifierConfig, PseudoAbnormalConfig
+from ..core.runtime import seeded_generator as generator
 from ..data.slice_cache import RowReader, SliceRows
-from ..models.classifier import classifier_input
-from ..models.pseudo_abnormal import make_pseudo_abnormal
-from ..runtime import seeded_generator as generator
+from ..methods.mae_classifier.classifier import classifier_input
+from ..methods.mae_classifier.pseudo_abnormal import make_pseudo_abnormal
 
 Item = tuple[int, int, int]  # (epoch, position in the epoch, slice index)
 

@@ -11,16 +11,16 @@ from collections.abc import Callable, Sequence
 
 import numpy as np
 
+from ..calibration.position import brain_position, calibrated_rows, position_bin, reference_from_rows
+from ..calibration.voxel_threshold import VoxelCalibration
+from ..core.errors import MAEAnomalyError
+from ..core.model_io import AnomalyModel
 from ..data.digest import content_digest
 from ..data.inputs import Source
 from ..data.preprocessing import PreparedVolume, prepare
-from ..errors import MAEAnomalyError
-from ..model_io import AnomalyModel
-from ..scoring.position import brain_position, calibrated_rows, position_bin, reference_from_rows
+from ..engine.distributed import Dist, StopControl
+from ..engine.loop import TrainingInterrupted, release_freed_memory
 from ..scoring.scores import score_prepared
-from .distributed import Dist, StopControl
-from .loop import TrainingInterrupted, release_freed_memory
-from .voxel_threshold import VoxelCalibration
 
 # Healthy slices above the threshold at the target rate: fewer make the threshold one slice's score.
 MIN_SLICES_ABOVE = 10

@@ -9,7 +9,7 @@ import numpy as np
 from scipy.stats import rankdata
 from sklearn.metrics import average_precision_score, roc_auc_score
 
-from .scoring.position import position_bin
+from ..calibration.position import position_bin
 
 # Each score column and the sign that makes larger mean "more anomalous". foreground_fraction is no
 # detector: it shows how much of an AUROC the slice's brain area alone explains (tumours sit in large
@@ -230,7 +230,7 @@ def format_metrics(metrics: dict) -> str:
             lines.append(f"{v['slices']:>6} ({v['abnormal']})".ljust(18) + cells
                          + f"{fmt(v['flagged_normal']):>16}{fmt(v['flagged_abnormal']):>18}   {v['volume']}")
     if "voxel" in metrics:
-        from .voxel_evaluation import format_cohort_voxels
+        from .voxels import format_cohort_voxels
 
         lines.append(format_cohort_voxels(metrics["voxel"]))
     return "\n".join(lines)
@@ -242,12 +242,12 @@ def evaluate_cohort(model_dir: str | Path, images: Sequence, labels: Sequence, m
     a mask get their foreground by ``brain_mask`` (see ``data.brain.choose_foreground``)."""
     from tqdm import tqdm
 
-    from .data.brain import prepare_volume
-    from .data.inputs import sources
-    from .model_io import load_model
-    from .runtime import resolve_device
-    from .scoring.scores import score_prepared
-    from .voxel_evaluation import CohortVoxels
+    from ..core.model_io import load_model
+    from ..core.runtime import resolve_device
+    from ..data.brain import prepare_volume
+    from ..data.inputs import sources
+    from ..scoring.scores import score_prepared
+    from .voxels import CohortVoxels
 
     volumes = sources(images, masks, labels)
     model = load_model(model_dir)

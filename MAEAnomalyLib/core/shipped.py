@@ -26,7 +26,7 @@ class ShippedModel:
 def models_dir() -> Path:
     """Where the shipped models are."""
     override = os.environ.get("MAEANOMALY_MODELS")
-    return Path(override) if override else Path(__file__).resolve().parents[1] / "models"
+    return Path(override) if override else Path(__file__).resolve().parents[2] / "models"
 
 
 def _summary(card: Path) -> str:

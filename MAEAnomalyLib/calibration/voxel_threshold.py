@@ -11,12 +11,12 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..config import ModelConfig
+from ..core.config import ModelConfig
+from ..engine.distributed import Dist
+from ..evaluation.voxel_metrics import VoxelHistogram
 from ..scoring.scores import VolumeScores
 from ..scoring.segmentation import median_filtered
 from ..scoring.voxel_maps import MAPS, voxel_maps
-from ..voxel_metrics import VoxelHistogram
-from .distributed import Dist
 
 VARIANTS = ("off", "on")  # the median filter before thresholding
 

@@ -24,7 +24,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from ..errors import MAEAnomalyError
+from ..core.errors import MAEAnomalyError
 
 # Collectives wait this long for the slowest rank (volume preparation and calibration are done in
 # lock-step rounds, so no single wait should come near it).

@@ -11,14 +11,14 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from ..data.slice_cache import SliceRows
-from ..model_io import AnomalyModel
-from ..models import init_classifier_from_mae
-from ..models.classifier import anomaly_probability, classifier_loss
-from ..models.reconstruction import reconstruct
-from ..runtime import autocast
-from .loop import Progress, Run, Stage, TrainingInterrupted, make_loader, rank_share, train_stage
-from .samples import ChunkBatches, ClassifierSamples, MAESamples, ReconStore, Step, generator
+from ...core.model_io import AnomalyModel
+from ...core.runtime import autocast
+from ...data.slice_cache import SliceRows
+from ...engine.loop import Progress, Run, Stage, TrainingInterrupted, make_loader, rank_share, train_stage
+from ...engine.samples import ChunkBatches, ClassifierSamples, MAESamples, ReconStore, Step, generator
+from .classifier import anomaly_probability, classifier_loss
+from .networks import init_classifier_from_mae
+from .reconstruction import reconstruct
 
 RECONSTRUCTION_DIR = "reconstructions"
 # Rough cost of a classifier epoch in MAE epochs (every patch, two inputs per slice); only used to

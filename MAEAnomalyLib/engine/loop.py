@@ -17,7 +17,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset, Sampler
 from tqdm import tqdm
 
-from ..errors import MAEAnomalyError
+from ..core.errors import MAEAnomalyError
 from .distributed import Dist, StopControl, shield_worker
 from .samples import EpochBatches, Step, batches_per_epoch
 

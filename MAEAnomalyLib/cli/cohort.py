@@ -8,7 +8,7 @@ import threading
 from collections.abc import Callable
 from pathlib import Path
 
-from .errors import MAEAnomalyError
+from ..core.errors import MAEAnomalyError
 
 # 3: finished, some volumes failed (MAEAnomalyLib.scoring.cohort.SOME_FAILED); 130, 143: Ctrl-C, SIGTERM.
 INTERRUPTED, TERMINATED = 130, 143
@@ -24,11 +24,11 @@ def check_single_volume_args(args: argparse.Namespace) -> None:
 def score_cohort_command(args: argparse.Namespace, log: Callable[[str], None],
                          terminated: type[BaseException]) -> int:
     """Scores the cohort; returns 0, 3 when some volumes failed, 130 or 143 when interrupted."""
-    from .data.inputs import expand_paths
-    from .runtime import resolve_device
-    from .scoring.cohort import CohortOptions, score_cohort, summary
-    from .shipped import resolve_model
-    from .training.distributed import env_rank
+    from ..core.runtime import resolve_device
+    from ..core.shipped import resolve_model
+    from ..data.inputs import expand_paths
+    from ..engine.distributed import env_rank
+    from ..scoring.cohort import CohortOptions, score_cohort, summary
 
     if args.mask:
         raise MAEAnomalyError("--mask goes with --image; with --images give --masks, paired in order")

@@ -21,11 +21,11 @@ from safetensors import SafetensorError
 from safetensors.torch import load, load_file, save_file
 from torch import nn
 
+from ..methods.mae_classifier.networks import MaskedAutoencoder, build_classifier
 from .config import DIGESTS_KEY, FORMAT_VERSION, ModelConfig
 from .config_rules import RemovedSetting
 from .errors import MAEAnomalyError
 from .files import AtomicWriter, atomic_outputs
-from .models import MaskedAutoencoder, build_classifier
 
 CONFIG_NAME = "config.json"
 WEIGHT_NAMES = ("mae", "classifier")
@@ -66,7 +66,7 @@ def library_versions() -> dict[str, str]:
     import SimpleITK
     import timm
 
-    from . import __version__
+    from .. import __version__
 
     return {"maeanomaly": __version__, "torch": torch.__version__, "timm": timm.__version__,
             "monai": monai.__version__, "SimpleITK": SimpleITK.Version_VersionString(),

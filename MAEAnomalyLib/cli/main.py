@@ -9,10 +9,10 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from .cli_models import add_model_commands
-from .config import PRESETS, apply_overrides, preset
-from .errors import MAEAnomalyError
-from .termination import Terminated, terminated_on_sigterm
+from ..core.config import PRESETS, apply_overrides, preset
+from ..core.errors import MAEAnomalyError
+from ..core.termination import Terminated, terminated_on_sigterm
+from .models import add_model_commands
 
 
 def _log(message: str) -> None:
@@ -20,10 +20,10 @@ def _log(message: str) -> None:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from .data.inputs import expand_paths
-    from .runtime import resolve_device
-    from .training import RunOptions, TrainingInterrupted, check_out_dir, train
-    from .training.distributed import env_rank
+    from ..core.runtime import resolve_device
+    from ..data.inputs import expand_paths
+    from ..engine.distributed import env_rank
+    from ..training import RunOptions, TrainingInterrupted, check_out_dir, train
 
     # Under torchrun only rank 0 reports.
     log = _log if env_rank() == 0 else (lambda _: None)
@@ -76,15 +76,15 @@ def _check_batch_size(args: argparse.Namespace) -> None:
 
 
 def cmd_score(args: argparse.Namespace) -> int:
-    from .cli_cohort import check_single_volume_args, score_cohort_command
+    from .cohort import check_single_volume_args, score_cohort_command
 
     _check_batch_size(args)
     if args.images is not None:
         return score_cohort_command(args, _log, Terminated)
     check_single_volume_args(args)
-    from .runtime import resolve_device
-    from .scoring.outputs import score_to_files
-    from .shipped import resolve_model
+    from ..core.runtime import resolve_device
+    from ..core.shipped import resolve_model
+    from ..scoring.outputs import score_to_files
 
     model = resolve_model(args.model)
     result, paths, foreground = score_to_files(model, args.image, args.mask or args.brain_mask, args.out_dir,
@@ -101,9 +101,9 @@ def cmd_score(args: argparse.Namespace) -> int:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    from .evaluation import evaluate_cohort, format_metrics
-    from .files import atomic_outputs, refuse_inputs
-    from .shipped import resolve_model
+    from ..core.files import atomic_outputs, refuse_inputs
+    from ..core.shipped import resolve_model
+    from ..evaluation.cohort import evaluate_cohort, format_metrics
 
     _check_batch_size(args)
     args.model = resolve_model(args.model)
@@ -124,8 +124,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
+    from ..evaluation.cohort import format_metrics
     from .demo import run_demo, run_demo_training
-    from .evaluation import format_metrics
 
     out = Path(args.out_dir)
 
@@ -245,7 +245,7 @@ BRAIN_MASK_HELP = ("the brain: a mask on the image's grid, 'auto' (default: the 
 
 def _sets_committed() -> int:
     """Sets of outputs committed so far (``files`` is imported only by commands that write)."""
-    files = sys.modules.get(f"{__package__}.files")
+    files = sys.modules.get(f"{__package__.rpartition('.')[0]}.core.files")
     return files.sets_committed() if files is not None else 0
 
 
@@ -270,7 +270,7 @@ def main(argv: Sequence[str] | None = None, raise_errors: bool = False) -> int:
         print("maeanomaly: interrupted", file=sys.stderr)
         return 130
     except OSError as exc:
-        from .files import is_write_failure, write_failure
+        from ..core.files import is_write_failure, write_failure
 
         if raise_errors or not is_write_failure(exc):
             raise

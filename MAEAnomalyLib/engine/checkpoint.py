@@ -11,10 +11,10 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
-from ..config import ModelConfig
-from ..errors import MAEAnomalyError
-from ..files import atomic_outputs
-from ..model_io import AnomalyModel
+from ..core.config import ModelConfig
+from ..core.errors import MAEAnomalyError
+from ..core.files import atomic_outputs
+from ..core.model_io import AnomalyModel
 from .loop import Progress
 
 

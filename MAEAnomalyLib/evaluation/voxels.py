@@ -9,11 +9,11 @@ from pathlib import Path
 import numpy as np
 import SimpleITK as sitk
 
-from .config import ModelConfig
-from .data.io import read_mask, to_canonical
-from .scoring.scores import VolumeScores
-from .scoring.segmentation import label_components, median_filtered
-from .scoring.voxel_maps import MAPS, voxel_maps, voxel_mm3
+from ..core.config import ModelConfig
+from ..data.io import read_mask, to_canonical
+from ..scoring.scores import VolumeScores
+from ..scoring.segmentation import label_components, median_filtered
+from ..scoring.voxel_maps import MAPS, voxel_maps, voxel_mm3
 from .voxel_metrics import VoxelEvaluation, format_voxel_metrics
 
 POST = "+post"  # row suffix: median filter and minimum component size of the model's settings

@@ -1,0 +1,2 @@
+"""Evaluation against labels: slice metrics per cohort (``cohort``), voxel metrics (``voxel_metrics``,
+``voxels``)."""

@@ -1,0 +1,1 @@
+"""The registry of methods: one folder per method."""
