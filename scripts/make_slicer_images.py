@@ -34,9 +34,9 @@ SUBJECT_SEED = 5
 
 
 def train_tiny(directory: Path) -> Path:
-    from MAEAnomalyLib.core.config import preset
     from MAEAnomalyLib.core.runtime import resolve_device
     from MAEAnomalyLib.data.synthetic import write_cohort
+    from MAEAnomalyLib.methods.model_config import preset
     from MAEAnomalyLib.training import train
 
     healthy, _ = write_cohort(directory / "data", healthy=10, lesioned=0, seed=0)

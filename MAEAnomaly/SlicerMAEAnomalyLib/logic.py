@@ -43,7 +43,7 @@ def work_directory() -> Path:
 
 def model_threshold(model_path: str | Path) -> float:
     """The decision threshold stored in a model directory, read without importing torch."""
-    from MAEAnomalyLib.core.config import ModelConfig
+    from MAEAnomalyLib.methods.model_config import ModelConfig
 
     path = Path(model_path) / "config.json"
     try:
@@ -168,7 +168,7 @@ class MAEAnomalyLogic(ResultNodes):
 
     def _load_model(self, modelPath: str | Path):
         """Loads a model directory, reusing the last one while its config.json is unchanged."""
-        from MAEAnomalyLib.core.model_io import load_model
+        from MAEAnomalyLib.methods.model import load_model
 
         config = Path(modelPath) / "config.json"
         key = (str(Path(modelPath).resolve()), config.stat().st_mtime if config.is_file() else -1.0)

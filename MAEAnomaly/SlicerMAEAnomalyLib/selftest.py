@@ -52,9 +52,9 @@ class MAEAnomalyTest(ScriptedLoadableModuleTest):
             logging.warning("MAEAnomaly self-test: scoring skipped, %s not installed (press Apply in the module "
                             "once to install them)", ", ".join(missing))
             return
-        from MAEAnomalyLib.core.config import preset
         from MAEAnomalyLib.core.runtime import resolve_device
         from MAEAnomalyLib.data.synthetic import write_cohort
+        from MAEAnomalyLib.methods.model_config import preset
         from MAEAnomalyLib.training import train
 
         with tempfile.TemporaryDirectory() as tmp:

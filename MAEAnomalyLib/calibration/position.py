@@ -12,9 +12,9 @@ from __future__ import annotations
 import numpy as np
 
 BINS = 10
-# Scores the reference calibrates, and the transform that makes each roughly symmetric first: the
-# classifier's probability saturates at 0 and 1 (logit), the MAE error is positive and skewed (log).
-TRANSFORMS = {"probability": "logit", "mae_l1": "log"}
+# The transforms that make a score roughly symmetric before its centre and spread are taken; a method
+# names one for each score it positions (``methods.base.Method.positioned``).
+TRANSFORMS = ("logit", "log", "none")
 _EPS = 1e-6
 _MAD_TO_SD = 1.4826  # the MAD of a normal distribution times this is its standard deviation
 MIN_SLICES_PER_BIN = 5
@@ -47,18 +47,21 @@ def _transform(values: np.ndarray, kind: str) -> np.ndarray:
     if kind == "logit":
         p = np.clip(values, _EPS, 1 - _EPS)
         return np.log(p) - np.log1p(-p)
-    return np.log(np.maximum(values, _EPS))
+    if kind == "log":
+        return np.log(np.maximum(values, _EPS))
+    return values
 
 
-def reference_from_rows(bins: np.ndarray, values: dict[str, np.ndarray]) -> dict:
-    """The reference from healthy slices: each one's tenth of the brain and its raw scores."""
+def reference_from_rows(bins: np.ndarray, values: dict[str, np.ndarray], transforms: dict[str, str]) -> dict:
+    """The reference from healthy slices: each one's tenth of the brain and its raw scores; ``transforms``
+    names the columns to position and the transform of each."""
     bins = np.asarray(bins, dtype=int)
     counts = np.bincount(bins, minlength=BINS)[:BINS]
     if counts.min() < MIN_SLICES_PER_BIN:
         raise ValueError(f"every tenth of the brain needs at least {MIN_SLICES_PER_BIN} healthy slices, and "
                          f"these give {counts.tolist()} (lowest tenth first)")
     reference: dict = {"bins": BINS, "slices_per_bin": counts.tolist(), "columns": {}}
-    for column, kind in TRANSFORMS.items():
+    for column, kind in transforms.items():
         v_all = _transform(values[column], kind)
         centre = np.array([np.median(v_all[bins == b]) for b in range(BINS)])
         spread = np.array([_MAD_TO_SD * np.median(np.abs(v_all[bins == b] - centre[b])) for b in range(BINS)])

@@ -9,14 +9,28 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from ..core.config import PRESETS, apply_overrides, preset
 from ..core.errors import MAEAnomalyError
 from ..core.termination import Terminated, terminated_on_sigterm
+from ..methods import DEFAULT_METHOD
+from ..methods import names as method_names
+from ..methods.model_config import PRESETS, apply_overrides, preset
 from .models import add_model_commands
 
 
 def _log(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
+
+
+def flag_settings(args: argparse.Namespace, method: str) -> list[str]:
+    """The flags that are short forms of ``--set`` (before any ``--set``, which wins)."""
+    items = [f"train.{name}={getattr(args, name)}" for name in ("batch_size", "seed")
+             if getattr(args, name) is not None]
+    if args.batch_size is not None and method == "mae_classifier":  # both of its stages
+        items.append(f"mae_classifier.classifier_batch_size={args.batch_size}")
+    for flag in ("mae_epochs", "classifier_epochs"):
+        if getattr(args, flag) is not None:
+            items.append(f"mae_classifier.{flag}={getattr(args, flag)}")
+    return items
 
 
 def cmd_train(args: argparse.Namespace) -> int:
@@ -27,14 +41,8 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     # Under torchrun only rank 0 reports.
     log = _log if env_rank() == 0 else (lambda _: None)
-    cfg = preset(args.preset)
-    tc = cfg.train
-    for name in ("mae_epochs", "classifier_epochs", "batch_size", "seed"):
-        if getattr(args, name) is not None:
-            setattr(tc, name, getattr(args, name))
-    if args.batch_size is not None:  # both stages; --set train.classifier_batch_size=N sets the classifier's
-        tc.classifier_batch_size = args.batch_size
-    apply_overrides(cfg, args.set or [])
+    cfg = preset(args.preset, args.method)
+    apply_overrides(cfg, flag_settings(args, cfg.method) + (args.set or []))
     try:  # every setting, before any work starts
         cfg.check()
     except ValueError as exc:
@@ -49,8 +57,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     device = resolve_device(args.device)
     options = RunOptions(cache_dir=Path(args.cache_dir) if args.cache_dir else None, workers=args.workers,
                          max_minutes=args.max_minutes, compile=args.compile)
-    log(f"preset {cfg.preset}: {cfg.preprocess.image_size} px, MAE {tc.mae_epochs} epochs, "
-        f"classifier {tc.classifier_epochs} epochs, {len(images)} volumes, device {device.type}")
+    log(f"method {cfg.method}, preset {cfg.preset}: {cfg.preprocess.image_size} px, {len(images)} volumes, "
+        f"device {device.type}")
     try:
         train(images, out, cfg, device, masks, labels, args.resume, log=log, options=options,
               mae_from=Path(args.mae_from) if args.mae_from else None)
@@ -162,14 +170,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--masks", nargs="+", help="foreground masks, paired with --images (by name from folders)")
     p.add_argument("--labels", nargs="+", help="label maps; slices with any voxel > 0 are left out (same forms)")
     p.add_argument("--out", required=True, help="model directory to write")
+    p.add_argument("--method", choices=method_names(), default=DEFAULT_METHOD,
+                   help="the method to train (default: mae_classifier, the paper's); see docs/usage.md")
     p.add_argument("--preset", choices=PRESETS, default="small",
                    help="network sizes and training settings (default: small; tiny for tests, paper for a GPU)")
-    p.add_argument("--mae-epochs", type=int, help="epochs of the masked autoencoder (default: the preset's)")
-    p.add_argument("--classifier-epochs", type=int, help="epochs of the classifier (default: the preset's)")
+    p.add_argument("--mae-epochs", type=int, help="mae_classifier: epochs of the masked autoencoder (default: the "
+                   "preset's; the same as --set mae_classifier.mae_epochs=N)")
+    p.add_argument("--classifier-epochs", type=int, help="mae_classifier: epochs of the classifier (default: the "
+                   "preset's)")
     p.add_argument("--batch-size", type=int, help="slices per batch in both stages (default: the preset's)")
     p.add_argument("--seed", type=int, help="seed of every random draw (default: the preset's, 0)")
     p.add_argument("--set", action="append", metavar="SECTION.FIELD=VALUE",
-                   help="override any config field, e.g. pseudo_abnormal.beta_mode=pixel (repeatable)")
+                   help="override a setting: METHOD.FIELD (e.g. mae_classifier.pseudo_abnormal.beta_mode=pixel) "
+                   "or a shared one (e.g. segmentation.smoothing_mm=6); repeatable")
     p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"), help=DEVICE_HELP)
     p.add_argument("--resume", action="store_true", help="continue an interrupted run in --out")
     p.add_argument("--workers", type=int, default=2, help="data-loading processes per training process (0: none)")

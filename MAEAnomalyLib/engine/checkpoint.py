@@ -10,12 +10,11 @@ from typing import Any
 import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
+from torch import nn
 
-from ..core.config import ModelConfig
 from ..core.errors import MAEAnomalyError
 from ..core.files import atomic_outputs
-from ..core.model_io import AnomalyModel
-from .loop import Progress
+from .loop import Optimisation, Progress
 
 
 def flatten(obj: Any, prefix: str, tensors: dict[str, torch.Tensor]) -> Any:
@@ -81,39 +80,36 @@ def load_state(directory: str | Path) -> dict[str, Any]:
         raise MAEAnomalyError(f"checkpoint is missing or damaged ({exc.__class__.__name__})", directory) from None
 
 
-def comparable(cfg: ModelConfig) -> dict:
-    """The settings a checkpoint must share with a resumed run."""
-    data = cfg.to_dict()
-    for key in ("threshold", "versions", "training_summary"):
-        data.pop(key)
-    return data
-
-
-def save_checkpoint(directory: Path, progress: Progress, model: AnomalyModel, data_digest: str,
-                    opt: torch.optim.Optimizer, sched: torch.optim.lr_scheduler.LambdaLR, world: int) -> None:
-    """Writes where training stands, the weights and the optimiser state."""
+def save_checkpoint(directory: Path, progress: Progress, networks: dict[str, nn.Module], settings: dict,
+                    data_digest: str, optimisations: list[Optimisation], world: int) -> None:
+    """Writes where training stands, the weights of every network and the optimisers' state."""
     state = {"stage": progress.stage, "epoch": progress.epoch, "batch": progress.batch, "finished": progress.finished,
-             "totals": progress.totals, "config": comparable(model.config), "data": data_digest,
-             "mae": model.mae.state_dict(), "classifier": model.classifier.state_dict(),
-             "optimizer": opt.state_dict(), "scheduler": sched.state_dict(), "history": progress.history,
-             "seconds": progress.seconds, "cut": progress.cut, "world_size": world, "best": progress.best}
+             "totals": progress.totals, "config": settings, "data": data_digest,
+             "networks": {name: net.state_dict() for name, net in networks.items()},
+             "optimizers": [opt.state_dict() for opt, _ in optimisations],
+             "schedulers": [sched.state_dict() if sched is not None else {} for _, sched in optimisations],
+             "history": progress.history, "seconds": progress.seconds, "cut": progress.cut, "world_size": world,
+             "best": progress.best}
     save_state(state, directory)
 
 
-def load_checkpoint(directory: Path, model: AnomalyModel, data_digest: str, is_main: bool
-                    ) -> tuple[Progress, dict] | None:
-    """Restores the weights into ``model``; returns the progress and the state (for the optimiser), or
+def load_checkpoint(directory: Path, networks: dict[str, nn.Module], settings: dict, data_digest: str,
+                    is_main: bool) -> tuple[Progress, dict] | None:
+    """Restores the weights into ``networks``; returns the progress and the state (for the optimisers), or
     None when there is no checkpoint. A checkpoint of other settings or other volumes is refused."""
     if not has_state(directory) and not (directory / "state.json").exists():
         return None
     state = load_state(directory)
-    if state["config"] != comparable(model.config):
+    if "networks" not in state:
+        raise MAEAnomalyError("checkpoint is from an older version of MAEAnomaly; start afresh without --resume",
+                              directory)
+    if state["config"] != settings:
         raise MAEAnomalyError("checkpoint was made with other settings; start afresh without --resume", directory)
     if state.get("data") != data_digest:
         raise MAEAnomalyError("checkpoint was made with other training volumes; start afresh without --resume",
                               directory)
-    model.mae.load_state_dict(state["mae"])
-    model.classifier.load_state_dict(state["classifier"])
+    for name, net in networks.items():
+        net.load_state_dict(state["networks"][name])
     progress = Progress(stage=state["stage"], epoch=state["epoch"], batch=state["batch"], finished=state["finished"],
                         totals=list(state["totals"]), seconds=state["seconds"], cut=state["cut"],
                         history=state["history"], best=state.get("best"))

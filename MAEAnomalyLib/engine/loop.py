@@ -1,6 +1,7 @@
-"""The one loop that trains a stage (the MAE, then the classifier), with the pieces it calls: the
-optimiser and its schedule, data loading, the epoch's loss sums over ranks, checkpoints, and stop
-requests (SIGTERM, the time budget)."""
+"""The one loop that trains a stage of any method, with the pieces it calls: data loading, the epoch's
+loss sums over ranks, checkpoints, and stop requests (SIGTERM, the time budget). A stage supplies its
+optimisers and its step, so one stage may alternate two optimisers within a step; ``adamw_warmup_cosine``
+and ``descend`` are the usual pair."""
 
 from __future__ import annotations
 
@@ -22,7 +23,10 @@ from .distributed import Dist, StopControl, shield_worker
 from .samples import EpochBatches, Step, batches_per_epoch
 
 LogFn = Callable[[str], None]
-StepFn = Callable[[nn.Module, object, Step], tuple[torch.Tensor, torch.Tensor, int]]
+Optimisation = tuple[torch.optim.Optimizer, "torch.optim.lr_scheduler.LRScheduler | None"]
+# (the wrapped module, the batch, where the step is, the stage's optimisers) -> (the loss, samples counted);
+# the step does its own backward passes and optimiser steps
+StepFn = Callable[[nn.Module, object, Step, list[Optimisation]], tuple[torch.Tensor, int]]
 
 
 class TrainingInterrupted(MAEAnomalyError):
@@ -43,17 +47,15 @@ class RunOptions:
 class Progress:
     """Where training stands: everything a checkpoint restores besides weights and optimiser state."""
 
-    stage: str = "mae"
+    stage: str = ""  # the stage under way ("" before the first)
     epoch: int = 0  # completed epochs of the stage
     batch: int = 0  # completed batches of the current epoch
     finished: bool = False  # the stage is over (a time budget can end it early)
     totals: list[float] = field(default_factory=lambda: [0.0, 0.0])  # epoch's loss sum and count, all ranks
     seconds: float = 0.0
     cut: list[str] = field(default_factory=list)  # stages ended early by the time budget
-    history: dict[str, list[float]] = field(default_factory=lambda: {
-        "mae_loss": [], "mae_val_loss": [], "classifier_loss": [], "classifier_val_loss": [],
-        "classifier_val_accuracy": []})
-    best: dict | None = None  # the classifier epoch with the lowest validation loss, with its weights
+    history: dict[str, list[float]] = field(default_factory=dict)  # per-epoch figures, named by the stages
+    best: dict | None = None  # what a stage keeps of its best epoch (its epoch, loss and weights)
 
     def begin(self, stage: str) -> None:
         self.stage, self.epoch, self.batch, self.finished, self.totals = stage, 0, 0, False, [0.0, 0.0]
@@ -61,17 +63,17 @@ class Progress:
 
 @dataclass
 class Stage:
-    """One stage: the network it trains, its optimisation settings and data, and what one step and
-    the end of an epoch do."""
+    """One stage: the network it trains (DDP wraps it), its epochs, batch and data, its optimisers, and
+    what one step and the end of an epoch do."""
 
     name: str
     net: nn.Module
     epochs: int
     batch: int
-    lr: float
-    weight_decay: float
     data: Dataset
-    step: StepFn  # returns (this rank's share of the objective, the loss, samples counted)
+    # (the network, the stage's optimiser steps) -> its optimisers, each with its schedule (or None)
+    optimizers: Callable[[nn.Module, int], list[Optimisation]]
+    step: StepFn
     end_epoch: Callable[[float], str]  # validates and returns the line to log
 
 
@@ -85,7 +87,7 @@ class Run:
     n_train: int
     warmup_fraction: float
     seed: int
-    save: Callable[[Progress, torch.optim.Optimizer, torch.optim.lr_scheduler.LambdaLR], None]
+    save: Callable[[Progress, list[Optimisation]], None]
     checkpoint_dir: Path
     log: LogFn = print
     show_progress: bool = True
@@ -109,19 +111,28 @@ def warmup_cosine(step: int, total: int, warmup: int) -> float:
     return 0.5 * (1 + math.cos(math.pi * (step - warmup) / max(1, total - warmup)))
 
 
-def make_optimizer(net: nn.Module, stage: Stage, run: Run
-                   ) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LambdaLR]:
+def adamw_warmup_cosine(net: nn.Module, lr: float, weight_decay: float, steps: int, warmup_fraction: float,
+                        device: torch.device) -> list[Optimisation]:
     """AdamW (no decay on norms, biases, tokens and position embeddings) with warm-up and cosine decay."""
     def decays(name: str, p: torch.Tensor) -> bool:
         return p.ndim > 1 and "token" not in name and "pos_embed" not in name
 
     params = list(net.named_parameters())
-    opt = torch.optim.AdamW([{"params": [p for n, p in params if decays(n, p)], "weight_decay": stage.weight_decay},
+    opt = torch.optim.AdamW([{"params": [p for n, p in params if decays(n, p)], "weight_decay": weight_decay},
                              {"params": [p for n, p in params if not decays(n, p)], "weight_decay": 0.0}],
-                            lr=stage.lr, betas=(0.9, 0.95), fused=run.device.type == "cuda")
-    steps = stage.epochs * batches_per_epoch(run.n_train, stage.batch)
-    warmup = max(1, int(steps * run.warmup_fraction))
-    return opt, torch.optim.lr_scheduler.LambdaLR(opt, lambda s: warmup_cosine(s, steps, warmup))
+                            lr=lr, betas=(0.9, 0.95), fused=device.type == "cuda")
+    warmup = max(1, int(steps * warmup_fraction))
+    return [(opt, torch.optim.lr_scheduler.LambdaLR(opt, lambda s: warmup_cosine(s, steps, warmup)))]
+
+
+def descend(objective: torch.Tensor, optimisation: Optimisation) -> None:
+    """One optimiser step on ``objective``: gradients, the step, the schedule."""
+    opt, sched = optimisation
+    opt.zero_grad(set_to_none=True)
+    objective.backward()
+    opt.step()
+    if sched is not None:
+        sched.step()
 
 
 def make_loader(data: Dataset, sampler: Sampler, workers: int, device: torch.device) -> DataLoader:
@@ -164,26 +175,18 @@ class EpochSums:
         return totals[0] / max(1.0, totals[1])
 
 
-def optimisation_step(stage: Stage, module: nn.Module, batch: object, step: Step, opt: torch.optim.Optimizer,
-                      sched: torch.optim.lr_scheduler.LambdaLR) -> tuple[torch.Tensor, int]:
-    """One step: the stage's objective, backward, AdamW and the schedule; returns (loss, samples)."""
-    objective, loss, count = stage.step(module, batch, step)
-    opt.zero_grad(set_to_none=True)
-    objective.backward()
-    opt.step()
-    sched.step()
-    return loss, count
-
-
 def train_stage(stage: Stage, run: Run, progress: Progress, resumed: dict | None, deadline: float | None) -> None:
     """Trains one stage from ``progress`` to its last epoch, a stop request or the deadline."""
     if progress.finished or progress.epoch >= stage.epochs:
         return
     net = stage.net.to(run.device)
-    opt, sched = make_optimizer(net, stage, run)
+    opts = stage.optimizers(net, stage.epochs * batches_per_epoch(run.n_train, stage.batch))
     if resumed is not None:
-        opt.load_state_dict(resumed["optimizer"])
-        sched.load_state_dict(resumed["scheduler"])
+        for (opt, sched), opt_state, sched_state in zip(opts, resumed["optimizers"], resumed["schedulers"],
+                                                        strict=True):
+            opt.load_state_dict(opt_state)
+            if sched is not None:
+                sched.load_state_dict(sched_state)
     module = run.dist.wrap(net)
     if run.options.compile:
         module = torch.compile(module)
@@ -196,7 +199,7 @@ def train_stage(stage: Stage, run: Run, progress: Progress, resumed: dict | None
     net.train()
     for (step, _), batch in zip(sampler.steps(), make_loader(stage.data, sampler, run.options.workers, run.device),
                                 strict=True):
-        sums.add(*optimisation_step(stage, module, batch, step, opt, sched))
+        sums.add(*stage.step(module, batch, step, opts))
         progress.batch = step.batch + 1
         bar.update()
         epoch_done = progress.batch == sampler.per_epoch
@@ -205,7 +208,7 @@ def train_stage(stage: Stage, run: Run, progress: Progress, resumed: dict | None
             progress.epoch, progress.batch = progress.epoch + 1, 0
             message = stage.end_epoch(mean)
             progress.seconds, mark = progress.seconds + time.perf_counter() - mark, time.perf_counter()
-            run.save(progress, opt, sched)
+            run.save(progress, opts)
             run.log(message)
             net.train()
         # The budget only counts once the stage has one full epoch, so that the model is usable.
@@ -216,7 +219,7 @@ def train_stage(stage: Stage, run: Run, progress: Progress, resumed: dict | None
         if not epoch_done:
             sums.fold()
         progress.seconds += time.perf_counter() - mark
-        stop_stage(reason, stage, run, progress, lambda: run.save(progress, opt, sched), sampler.per_epoch)
+        stop_stage(reason, stage, run, progress, lambda: run.save(progress, opts), sampler.per_epoch)
         return
     bar.close()
 

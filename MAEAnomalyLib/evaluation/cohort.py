@@ -242,11 +242,11 @@ def evaluate_cohort(model_dir: str | Path, images: Sequence, labels: Sequence, m
     a mask get their foreground by ``brain_mask`` (see ``data.brain.choose_foreground``)."""
     from tqdm import tqdm
 
-    from ..core.model_io import load_model
     from ..core.runtime import resolve_device
     from ..data.brain import prepare_volume
     from ..data.inputs import sources
-    from ..scoring.scores import score_prepared
+    from ..methods.model import load_model
+    from ..scoring.scores import min_pixels, score_prepared
     from .voxels import CohortVoxels
 
     volumes = sources(images, masks, labels)
@@ -257,7 +257,7 @@ def evaluate_cohort(model_dir: str | Path, images: Sequence, labels: Sequence, m
     voxels = CohortVoxels(model.config)
     for image, mask, label in tqdm(volumes, desc="scoring volumes", unit="vol"):
         prepared, _ = prepare_volume(image, model.config.preprocess, mask or brain_mask, label,
-                                     model.config.mae.patch_size, device)
+                                     min_pixels(model.config), device)
         result = score_prepared(model, prepared, device, batch_size)
         tables.append(result.table)
         voxels.add(result, label)

@@ -9,8 +9,8 @@ from pathlib import Path
 import numpy as np
 import SimpleITK as sitk
 
-from ..core.config import ModelConfig
 from ..data.io import read_mask, to_canonical
+from ..methods.model_config import ModelConfig
 from ..scoring.scores import VolumeScores
 from ..scoring.segmentation import label_components, median_filtered
 from ..scoring.voxel_maps import MAPS, voxel_maps, voxel_mm3

@@ -27,9 +27,9 @@ from tqdm import tqdm
 
 from ..core.errors import MAEAnomalyError
 from ..core.files import atomic_outputs, one_run_at_a_time, refuse_inputs, write_failure
-from ..core.model_io import AnomalyModel, load_model
 from ..data.inputs import pair
 from ..engine.distributed import Dist, session
+from ..methods.model import AnomalyModel, load_model
 from .cohort_table import (
     COHORT_CSV,
     OK,

@@ -8,16 +8,16 @@ from pathlib import Path
 import SimpleITK as sitk
 import torch
 
-from ..core.config import ModelConfig
 from ..core.errors import MAEAnomalyError
 from ..core.files import atomic_outputs, refuse_inputs
-from ..core.model_io import load_model
 from ..data.brain import BRAIN_MASK_MODES, Foreground, prepare_volume
 from ..data.io import volume_name
 from ..data.preprocessing import PreparedVolume
+from ..methods.model import load_model
+from ..methods.model_config import ModelConfig
 from .cohort_table import model_digest, read_record, record_path, record_text, volume_record, written_here
 from .report import render_report
-from .scores import ProgressFn, VolumeScores, score_prepared
+from .scores import ProgressFn, VolumeScores, min_pixels, score_prepared
 from .segmentation import components_csv, segment
 from .table import table_to_csv
 
@@ -87,7 +87,7 @@ def prepare_for_scoring(image_path: str | Path, brain_mask: str | Path | None, c
                         device: torch.device | None = None) -> tuple[PreparedVolume, Foreground]:
     """The one place where ``score`` makes a volume ready (in the main process or in a prefetching
     worker): the volume prepared, and the foreground it was scored with."""
-    return prepare_volume(image_path, config.preprocess, brain_mask, min_pixels=config.mae.patch_size,
+    return prepare_volume(image_path, config.preprocess, brain_mask, min_pixels=min_pixels(config),
                           device=device)
 
 

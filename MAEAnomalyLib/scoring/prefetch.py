@@ -31,9 +31,9 @@ from multiprocessing.process import BaseProcess
 import SimpleITK as sitk
 import torch
 
-from ..core.config import ModelConfig
 from ..core.errors import MAEAnomalyError
 from ..data.preprocessing import PreparedVolume
+from ..methods.model_config import ModelConfig
 from .outputs import prepare_for_scoring
 
 PR_SET_PDEATHSIG = 1  # linux/prctl.h

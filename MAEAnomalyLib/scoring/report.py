@@ -16,6 +16,9 @@ def render_report(result: VolumeScores, title: str, segmentation: Segmentation |
     anomaly components (cyan) when a segmentation is given."""
     table = result.table
     scored = np.flatnonzero(table["skipped"] == 0)
+    # A method's "difference" extra (the paper's |reconstruction - original|) is what a reader expects to
+    # see; its anomaly map otherwise.
+    shown = result.extras.get("difference", result.map_slices)
     # A Figure of its own, not pyplot's global state: cohort scoring renders reports in several threads.
     fig = Figure(figsize=(10, 6.5), dpi=100)
     grid = fig.add_gridspec(2, top, height_ratios=[1.0, 1.1])
@@ -27,21 +30,23 @@ def render_report(result: VolumeScores, title: str, segmentation: Segmentation |
     abnormal = table["abnormal"] == 1
     ax.plot(pos[abnormal], table["score"][abnormal], "o", ms=5, color="tab:red", label="above threshold")
     ax.set_xlabel("slice position (mm, inferior → superior)")
-    if np.array_equal(table["score"], table["probability"]):
-        ax.set_ylabel("score (probability)")
-        ax.set_ylim(-0.02, 1.02)
+    raw = next((name for name in table if name != "score" and np.array_equal(table[name], table["score"])), None)
+    if raw is not None:  # the method's raw primary score
+        ax.set_ylabel(f"score ({raw})")
+        if raw == "probability":
+            ax.set_ylim(-0.02, 1.02)
     else:  # calibrated by position: a z-score against healthy slices at the same height in the brain
         ax.set_ylabel("score (z vs healthy, by position)")
     ax.set_title(title)
     ax.legend(loc="upper right", fontsize=8)
     order = scored[np.argsort(-table["score"][scored])][:top]
-    vmax = float(result.difference_slices.max()) or 1.0
+    vmax = float(shown.max()) or 1.0
     outlines = None if segmentation is None else labels_at_model_size(segmentation, result.prepared,
-                                                                       result.difference_slices.shape[-1])
+                                                                       shown.shape[-1])
     for col, k in enumerate(order):
         sub = fig.add_subplot(grid[1, col])
         image = result.prepared.slices[k, 0].numpy()
-        diff = result.difference_slices[k, 0].numpy()
+        diff = shown[k, 0].numpy()
         sub.imshow(image, cmap="gray", vmin=0, vmax=1)
         sub.imshow(np.ma.masked_less(diff, 0.05 * vmax), cmap="hot", vmin=0, vmax=vmax, alpha=0.6)
         if outlines is not None and outlines[k].any():

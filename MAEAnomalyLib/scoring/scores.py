@@ -1,4 +1,9 @@
-"""Per-slice anomaly scores and the difference map for one volume."""
+"""One volume scored by any method: its slice table and its anomaly map on the input's grid.
+
+The method's scorer (``methods.base``) scores batches of prepared slices; this module assembles the
+table (the method's columns, the position-calibrated ``score``, the intensity baseline, where each slice
+sits) and puts the map on the input's grid, averaged in 3D inside the brain.
+"""
 
 from __future__ import annotations
 
@@ -8,131 +13,89 @@ from dataclasses import dataclass, field
 import numpy as np
 import SimpleITK as sitk
 import torch
-from monai.metrics.regression import compute_ssim_and_cs
 from scipy.ndimage import gaussian_filter
 
 from ..calibration.position import brain_position, calibrated
 from ..core.config import SegmentationConfig
-from ..core.model_io import AnomalyModel
-from ..core.runtime import autocast, seeded_generator
 from ..data.io import from_canonical
 from ..data.preprocessing import PreparedVolume, prepare_image
-from ..methods.mae_classifier.classifier import anomaly_probability, classifier_input
-from ..methods.mae_classifier.reconstruction import average_reconstructions, masked_passes
+from ..methods import get
+from ..methods.intensity.scorer import intensity_percentile
+from ..methods.model import AnomalyModel
 
-SSIM_KERNEL = 7
-SCORING_SEED = 0
 SLAB = 16  # slices per step where a full-resolution map is built slab by slab
+BASELINE = "intensity_p995"  # the non-learned baseline beside every method's columns (the intensity method's score)
 
 ProgressFn = Callable[[float], None]
 
 
 @dataclass
 class VolumeScores:
-    """The slice table, the difference map on the input's grid, and what the report needs."""
+    """The slice table, the anomaly map on the input's grid, and what the report needs."""
 
     table: dict[str, np.ndarray]
-    difference: sitk.Image
+    difference: sitk.Image  # the anomaly map on the input's grid
     threshold: float
     prepared: PreparedVolume
-    difference_slices: torch.Tensor  # (Z, 1, S, S) at model resolution, for the report
-    # (Z, 1, S, S): the spread of the MAE's predictions per pixel (MaskedPasses.spread), for the map.
-    spread_slices: torch.Tensor | None = None
+    map_slices: torch.Tensor  # (Z, 1, S, S): the map at model resolution, before the 3D average
+    extras: dict[str, torch.Tensor] = field(default_factory=dict)  # the method's per-pixel extras, (Z, 1, S, S)
     # What the anomaly segmentation (scoring.segmentation) needs; None in models without voxel calibration.
     voxel_threshold: float | None = None
     segmentation: SegmentationConfig = field(default_factory=SegmentationConfig)
 
 
-def masked_ssim(recon: torch.Tensor, original: torch.Tensor, foreground: torch.Tensor) -> torch.Tensor:
-    """Mean SSIM (data range 1) over the foreground of each (N, 1, S, S) slice; 1 where none is left."""
-    ssim_map, _ = compute_ssim_and_cs(recon.float(), original.float(), spatial_dims=2,
-                                      kernel_size=(SSIM_KERNEL, SSIM_KERNEL), kernel_sigma=(1.5, 1.5))
-    c = SSIM_KERNEL // 2
-    inner = foreground[..., c:-c, c:-c].float()
-    total = inner.sum(dim=(1, 2, 3))
-    mean = (ssim_map * inner).sum(dim=(1, 2, 3)) / total.clamp(min=1)
-    return torch.where(total > 0, mean, torch.ones_like(mean))
-
-
-def masked_mean(values: torch.Tensor, foreground: torch.Tensor) -> torch.Tensor:
-    fg = foreground.float()
-    return (values * fg).sum(dim=(1, 2, 3)) / fg.sum(dim=(1, 2, 3)).clamp(min=1)
-
-
-def intensity_p995(prepared: PreparedVolume) -> np.ndarray:
-    """Non-learned baseline: the 99.5th percentile of normalised intensity inside the foreground."""
-    out = np.zeros(len(prepared.foreground_fraction))
-    slices, fg = prepared.slices[:, 0].numpy(), prepared.foreground[:, 0].numpy()
-    for k in np.flatnonzero(fg.any(axis=(1, 2))):
-        out[k] = np.percentile(slices[k][fg[k]], 99.5)
-    return out
+def slice_table(model: AnomalyModel, prepared: PreparedVolume, raw: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """The table's columns in order: index, position, the thresholded ``score`` (the primary score,
+    against healthy slices at the same height when the model has a position reference), the method's
+    columns (each positioned one also as ``NAME_position``), the baseline, and where each slice sits."""
+    cfg, method = model.config, get(model.config.method)
+    n, fraction, reference = len(prepared.foreground_fraction), prepared.foreground_fraction, cfg.position_reference
+    skipped = fraction == 0
+    primary = raw[method.primary]
+    table = {"slice_index": np.arange(n), "position_mm": prepared.positions_mm,
+             "score": calibrated(primary, fraction, reference, method.primary) if reference else primary}
+    for name in method.columns:
+        table[name] = raw[name]
+        if name in method.positioned and name != method.primary:
+            table[f"{name}_position"] = calibrated(raw[name], fraction, reference, name) if reference else np.full(
+                n, np.nan)
+    if BASELINE not in table:
+        table[BASELINE] = intensity_percentile(prepared.slices.numpy(), prepared.foreground.numpy())
+    threshold = float(cfg.threshold) if cfg.threshold is not None else float("inf")
+    table.update({"foreground_fraction": fraction, "brain_position": brain_position(fraction),
+                  "abnormal": ((table["score"] >= threshold) & ~skipped).astype(int), "skipped": skipped.astype(int)})
+    return table
 
 
 @torch.inference_mode()
 def score_prepared(model: AnomalyModel, prepared: PreparedVolume, device: torch.device,
                    batch_size: int = 32, progress: ProgressFn | None = None) -> VolumeScores:
-    """Scores every slice with foreground; slices without foreground are flagged and skipped.
-
-    With ``train.score_reconstructions`` R > 1 each slice is reconstructed R times (other masks) and
-    every column is the average over the R difference images; batches then hold ``batch_size // R``
-    slices, so that memory does not grow with R.
-    """
-    cfg = model.config
-    samples = cfg.train.score_reconstructions
-    n = prepared.slices.shape[0]
-    skipped = prepared.foreground_fraction == 0
-    keep = np.flatnonzero(~skipped)
-    score, l1, ssim = np.zeros(n), np.zeros(n), np.ones(n)
-    diff, spread = torch.zeros_like(prepared.slices), torch.zeros_like(prepared.slices)
-    step = max(1, batch_size // samples)
+    """Scores every slice with foreground; slices without foreground are flagged and skipped (their scores
+    are the method's ``empty_scores``, 0 by default, and their map zero)."""
+    cfg, method = model.config, get(model.config.method)
+    score = method.scorer(model.to(device), device)
+    keep = np.flatnonzero(prepared.foreground_fraction > 0)
+    raw: dict[str, np.ndarray] = {}
+    map_slices = torch.zeros_like(prepared.slices)
+    extras: dict[str, torch.Tensor] = {}
+    step = method.batch_slices(cfg, batch_size)
     for start in range(0, len(keep), step):
         idx = keep[start:start + step]
-        images = prepared.slices[idx].to(device)
-        fg = prepared.foreground[idx].to(device)
-        with autocast(device):
-            # Each slice's masks depend on the seed and the slice alone: the batch size never changes a score.
-            passes = masked_passes(model.mae, images, cfg.train.reconstruction_passes * samples,
-                                   per_image=[seeded_generator(SCORING_SEED, "score", int(k)) for k in idx])
-            recon = average_reconstructions(passes, samples).float().flatten(0, 1)
-            tiled_images, tiled_fg = images.repeat(samples, 1, 1, 1), fg.repeat(samples, 1, 1, 1)
-            difference = (recon - tiled_images).abs()
-            probs = anomaly_probability(model.classifier(classifier_input(difference, tiled_fg, cfg.classifier)))
-        mean_difference = difference.view(samples, len(idx), *difference.shape[1:]).mean(dim=0)
-        score[idx] = probs.view(samples, -1).mean(dim=0).cpu().numpy()
-        l1[idx] = masked_mean(mean_difference, fg).cpu().numpy()
-        ssim[idx] = masked_ssim(recon, tiled_images, tiled_fg).view(samples, -1).mean(dim=0).cpu().numpy()
-        diff[idx] = (mean_difference * fg).cpu()
-        spread[idx] = (passes.spread() * fg).cpu()
+        out = score(prepared.slices[idx], prepared.foreground[idx], idx)
+        for name, values in out.scores.items():
+            raw.setdefault(name, np.full(len(map_slices), method.empty_scores.get(name, 0.0)))[idx] = values
+        map_slices[idx] = out.anomaly_map
+        for name, values in out.extras.items():
+            extras.setdefault(name, torch.zeros_like(prepared.slices))[idx] = values
         if progress is not None:
             progress(min(1.0, (start + len(idx)) / max(1, len(keep))))
-    threshold = float(cfg.threshold) if cfg.threshold is not None else float("inf")
-    fraction = prepared.foreground_fraction
-    reference = cfg.position_reference
-    table = {
-        "slice_index": np.arange(n),
-        "position_mm": prepared.positions_mm,
-        # With a position reference the thresholded score is the probability calibrated against healthy
-        # slices at the same height in the brain; the raw probability stays as a column.
-        "score": calibrated(score, fraction, reference, "probability") if reference else score,
-        "probability": score,
-        "mae_l1": l1,
-        "mae_l1_position": calibrated(l1, fraction, reference, "mae_l1") if reference else np.full(n, np.nan),
-        "ssim": ssim,
-        "intensity_p995": intensity_p995(prepared),
-        "foreground_fraction": prepared.foreground_fraction,
-        "brain_position": brain_position(fraction),
-        "abnormal": np.zeros(n, dtype=int),
-        "skipped": skipped.astype(int),
-    }
-    table["abnormal"] = ((table["score"] >= threshold) & ~skipped).astype(int)
+    for name in method.columns:  # a volume with no foreground at all
+        raw.setdefault(name, np.full(len(map_slices), method.empty_scores.get(name, 0.0)))
+    table = slice_table(model, prepared, raw)
     seg = cfg.segmentation
-    difference = difference_image(anomaly_map(diff, spread, seg.spread_floor), prepared, seg.smoothing_mm)
-    return VolumeScores(table, difference, threshold, prepared, diff, spread, cfg.voxel_threshold, seg)
-
-
-def anomaly_map(difference: torch.Tensor, spread: torch.Tensor, floor: float) -> torch.Tensor:
-    """|reconstruction - original| divided by (the MAE's spread + ``floor``); unchanged when ``floor`` is 0."""
-    return difference / (spread + floor) if floor > 0 else difference
+    difference = difference_image(map_slices, prepared, seg.smoothing_mm)
+    return VolumeScores(table, difference, float(cfg.threshold) if cfg.threshold is not None else float("inf"),
+                        prepared, map_slices, extras, cfg.voxel_threshold, seg)
 
 
 def smoothed_in_foreground(values: np.ndarray, foreground: np.ndarray, sigma_mm: float,
@@ -176,6 +139,10 @@ def score_image(model: AnomalyModel, image: sitk.Image, mask: sitk.Image | None 
                 progress: ProgressFn | None = None, source: str = "image") -> VolumeScores:
     """Prepares and scores an in-memory float32 3D image (and optional mask on its grid)."""
     device = device or torch.device("cpu")
-    prepared = prepare_image(image, model.config.preprocess, mask, source=source,
-                             min_pixels=model.config.mae.patch_size)
+    prepared = prepare_image(image, model.config.preprocess, mask, source=source, min_pixels=min_pixels(model.config))
     return score_prepared(model.to(device), prepared, device, batch_size, progress)
+
+
+def min_pixels(cfg: object) -> int:
+    """The smallest slice side the model's method takes (preprocessing refuses smaller volumes)."""
+    return get(cfg.method).min_pixels(cfg)

@@ -18,6 +18,7 @@ import numpy as np
 import SimpleITK as sitk
 from scipy import ndimage
 
+from ..calibration.voxel_threshold import median_filtered
 from ..core.config import SegmentationConfig
 from ..data.io import from_canonical, to_canonical
 
@@ -38,13 +39,6 @@ class Segmentation:
     canonical: np.ndarray
     components: list[dict]
     threshold: float
-
-
-def median_filtered(array: np.ndarray, radius: int) -> np.ndarray:
-    """3D median over a (2r+1)³ cube (r = 0: the array itself)."""
-    if radius <= 0:
-        return array
-    return sitk.GetArrayFromImage(sitk.Median(sitk.GetImageFromArray(array.astype(np.float32)), [radius] * 3))
 
 
 def label_components(called: np.ndarray, voxel_mm3: float, min_mm3: float) -> np.ndarray:

@@ -7,12 +7,11 @@ from __future__ import annotations
 import numpy as np
 import SimpleITK as sitk
 
+from ..calibration.voxel_threshold import MAPS  # noqa: F401 (the names of the maps below)
 from ..core.config import PreprocessConfig
 from ..data.io import to_canonical
 from ..data.preprocessing import normalise
 from .scores import VolumeScores
-
-MAPS = ("difference", "intensity")
 
 
 def voxel_maps(result: VolumeScores, cfg: PreprocessConfig) -> dict[str, np.ndarray]:

@@ -14,13 +14,15 @@ import numpy as np
 from ..calibration.position import brain_position, calibrated_rows, position_bin, reference_from_rows
 from ..calibration.voxel_threshold import VoxelCalibration
 from ..core.errors import MAEAnomalyError
-from ..core.model_io import AnomalyModel
 from ..data.digest import content_digest
 from ..data.inputs import Source
 from ..data.preprocessing import PreparedVolume, prepare
 from ..engine.distributed import Dist, StopControl
 from ..engine.loop import TrainingInterrupted, release_freed_memory
-from ..scoring.scores import score_prepared
+from ..methods import get
+from ..methods.model import AnomalyModel
+from ..scoring.scores import min_pixels, score_prepared
+from ..scoring.voxel_maps import voxel_maps
 
 # Healthy slices above the threshold at the target rate: fewer make the threshold one slice's score.
 MIN_SLICES_ABOVE = 10
@@ -29,33 +31,34 @@ MIN_SLICES_ABOVE = 10
 def healthy_rows(model: AnomalyModel, sources: Sequence[Source], dist: Dist, stop: StopControl | None,
                  prepare_fn: Callable[..., PreparedVolume] = prepare, voxels: VoxelCalibration | None = None
                  ) -> np.ndarray:
-    """(N, 3) rows of [tenth of the brain, probability, MAE error] of every usable healthy slice (with
-    foreground, not labelled) of ``sources``, scored exactly as ``maeanomaly score`` scores and shared
-    among the ranks. Without ``stop`` (``calibrate``) SIGTERM is left to the caller. ``voxels`` collects
-    the same volumes' foreground voxels for the voxel threshold."""
+    """(N, 1 + K) rows of [tenth of the brain, then the method's K positioned raw scores] of every usable
+    healthy slice (with foreground, not labelled) of ``sources``, scored exactly as ``maeanomaly score``
+    scores and shared among the ranks. Without ``stop`` (``calibrate``) SIGTERM is left to the caller.
+    ``voxels`` collects the same volumes' foreground voxels for the voxel threshold."""
     cfg = model.config
+    columns = list(get(cfg.method).positioned)
     model.to(dist.device).eval()
     local = []
     for start in range(0, len(sources), dist.world):
         if start + dist.rank < len(sources):
             image, mask, labels = sources[start + dist.rank]
-            volume = prepare_fn(image, cfg.preprocess, mask, labels, min_pixels=cfg.mae.patch_size)
+            volume = prepare_fn(image, cfg.preprocess, mask, labels, min_pixels=min_pixels(cfg))
             result = score_prepared(model, volume, dist.device)
             table = result.table
             usable = table["skipped"] == 0
             if volume.labelled is not None:
                 usable &= ~volume.labelled
             bins = position_bin(brain_position(table["foreground_fraction"]))
-            local.append(np.stack([bins, table["probability"], table["mae_l1"]], axis=1)[usable])
+            local.append(np.stack([bins, *(table[c] for c in columns)], axis=1)[usable])
             if voxels is not None:
-                voxels.add(result, usable)
+                voxels.add(voxel_maps(result, cfg.preprocess), result.prepared.foreground_input, usable)
             del volume, table, result
             release_freed_memory()
         if stop is not None and stop.poll() == StopControl.SIGNAL:
             raise TrainingInterrupted("stopped by SIGTERM during calibration (training itself is complete); "
                                       "--resume calibrates again")
-    rows = np.concatenate(local) if local else np.zeros((0, 3))
-    return np.concatenate([part.reshape(-1, 3) for part in dist.gather(rows)])
+    rows = np.concatenate(local) if local else np.zeros((0, 1 + len(columns)))
+    return np.concatenate([part.reshape(-1, 1 + len(columns)) for part in dist.gather(rows)])
 
 
 def refuse_repeated_volumes(sources: Sequence[Source]) -> None:
@@ -81,9 +84,10 @@ def slices_needed(target_fpr: float) -> int:
     return int(np.ceil(MIN_SLICES_ABOVE / target_fpr))
 
 
-def threshold_from_rows(rows: np.ndarray, target_fpr: float, with_reference: bool, strict: bool
+def threshold_from_rows(rows: np.ndarray, method: str, target_fpr: float, with_reference: bool, strict: bool
                         ) -> tuple[float, dict | None, dict]:
-    """The position reference (or None) and the threshold at ``target_fpr`` on healthy ``rows``.
+    """The position reference (or None) and the threshold at ``target_fpr`` on healthy ``rows`` (of
+    ``healthy_rows``) of ``method``'s primary score.
 
     ``strict`` (``calibrate``) refuses too few slices; training then keeps the raw probability instead.
     """
@@ -94,17 +98,18 @@ def threshold_from_rows(rows: np.ndarray, target_fpr: float, with_reference: boo
         raise MAEAnomalyError(f"{len(rows)} healthy slices cannot set a threshold at a false-positive rate of "
                               f"{target_fpr:g}: at least {needed} are needed (give more healthy volumes)")
     bins = rows[:, 0].astype(int)
-    values = {"probability": rows[:, 1], "mae_l1": rows[:, 2]}
+    found = get(method)
+    values = {name: rows[:, 1 + j] for j, name in enumerate(found.positioned)}
     reference, note = None, "built"
     if with_reference:
         try:
-            reference = reference_from_rows(bins, values)
+            reference = reference_from_rows(bins, values, found.positioned)
         except ValueError as exc:
             if strict:
                 raise MAEAnomalyError(f"too few healthy slices for a position reference: {exc}") from None
             note = f"not built: {exc}"
-    score = calibrated_rows(values["probability"], bins, reference, "probability") if reference else values[
-        "probability"]
+    primary = values[found.primary]
+    score = calibrated_rows(primary, bins, reference, found.primary) if reference else primary
     threshold = float(np.quantile(score, 1 - target_fpr, method="higher"))
     summary = {"validation_slices": len(rows), "target_fpr": target_fpr,
                "validation_fpr": float((score >= threshold).mean()),

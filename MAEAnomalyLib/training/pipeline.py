@@ -24,19 +24,29 @@ import torch
 from tqdm import tqdm
 
 from ..calibration.voxel_threshold import VoxelCalibration
-from ..core.config import ModelConfig
 from ..core.errors import MAEAnomalyError
-from ..core.model_io import AnomalyModel, load_model, save_model
 from ..data.inputs import Source
 from ..data.inputs import sources as pair_sources
 from ..data.slice_cache import CacheEntry, SliceCache, SliceRows, preparation_pool, prepare_entry
 from ..engine.checkpoint import load_checkpoint, save_checkpoint
 from ..engine.distributed import Dist, StopControl, session
-from ..engine.loop import LogFn, Progress, Run, RunOptions, TrainingInterrupted
-from ..methods.mae_classifier.stages import RECONSTRUCTION_DIR, begin_classifier, run_stages
+from ..engine.loop import LogFn, Optimisation, Progress, Run, RunOptions, TrainingInterrupted
+from ..methods import get
+from ..methods.base import TrainingData
+from ..methods.model import AnomalyModel, load_model, save_model
+from ..methods.model_config import ModelConfig
 from .calibrate import healthy_rows, refuse_repeated_volumes, threshold_from_rows
 
 CHECKPOINT_DIR = "checkpoint"
+WORK_DIR = "work"  # what a method's stages write on the way (removed once the model is saved)
+
+
+def comparable(cfg: ModelConfig) -> dict:
+    """The settings a checkpoint must share with a resumed run."""
+    data = cfg.to_dict()
+    for key in ("threshold", "versions", "training_summary"):
+        data.pop(key)
+    return data
 
 
 def check_out_dir(out: Path, resume: bool) -> None:
@@ -86,13 +96,11 @@ def cache_cohort(sources: Sequence[Source], cache: SliceCache, dist: Dist, stop:
     return keys, [cache.ensure(k, *s) for k, s in zip(keys, sources, strict=True)]
 
 
-def mae_of(model_dir: Path, cfg: ModelConfig) -> AnomalyModel:
-    """A trained model whose MAE can serve ``cfg``: same preprocessing and MAE settings."""
-    source = load_model(model_dir)
-    if source.config.preprocess != cfg.preprocess or source.config.mae != cfg.mae:
-        raise MAEAnomalyError("its preprocessing or MAE settings differ from this run's (use the same preset and "
-                              "MAE settings)", model_dir)
-    return source
+def start_model(model_dir: Path, cfg: ModelConfig) -> AnomalyModel:
+    """A trained model to start from (``--mae-from``), when the method can (checked by ``start_from``)."""
+    if get(cfg.method).start_from is None:
+        raise MAEAnomalyError(f"--mae-from: method {cfg.method} trains nothing it could take from another model")
+    return load_model(model_dir)
 
 
 @contextlib.contextmanager
@@ -119,12 +127,12 @@ def train(images: Sequence[Path], out_dir: Path, cfg: ModelConfig, device: torch
           mae_from: Path | None = None) -> AnomalyModel:
     """Trains and calibrates a model from volumes and writes it to ``out_dir`` (rank 0 under torchrun).
 
-    With ``mae_from`` (a trained model's directory) the MAE is taken from it and only the classifier is
-    trained: for trying classifier settings without training the MAE again.
+    With ``mae_from`` (a trained model's directory) the method starts from that model's networks (the
+    paper's method: its MAE; only the classifier is trained), for trying later stages' settings.
     """
     options = options or RunOptions()
     out_dir = Path(out_dir)
-    source = None if mae_from is None else mae_of(Path(mae_from), cfg)
+    source = None if mae_from is None else start_model(Path(mae_from), cfg)
     volumes = pair_sources(images, masks, labels)
     refuse_repeated_volumes(volumes)  # a copy held out would set the threshold on training data
     fresh = not out_dir.exists()
@@ -133,7 +141,8 @@ def train(images: Sequence[Path], out_dir: Path, cfg: ModelConfig, device: torch
             log, show_progress = _quiet, False
         torch.manual_seed(cfg.train.seed)
         train_ids, val_ids = split_volumes(len(volumes), cfg.train.validation_fraction, cfg.train.seed)
-        cache = SliceCache(options.cache_dir or out_dir / "slice_cache", cfg.preprocess, cfg.mae.patch_size)
+        method = get(cfg.method)
+        cache = SliceCache(options.cache_dir or out_dir / "slice_cache", cfg.preprocess, method.min_pixels(cfg))
         with _removed_on_error(out_dir, fresh and dist.is_main):
             keys, entries = cache_cohort(volumes, cache, dist, stop, options.workers, show_progress)
             min_fg = cfg.preprocess.min_train_foreground
@@ -147,13 +156,13 @@ def train(images: Sequence[Path], out_dir: Path, cfg: ModelConfig, device: torch
             f"{len(val_ids)} held-out volumes for validation and calibration"
             + (f"; {dist.world} processes" if dist.world > 1 else ""))
         model = AnomalyModel.from_config(cfg)
-        progress, resumed = _start(model, source, out_dir, digest, dist, resume, log)
+        progress, resumed = _start(model, source, mae_from, out_dir, digest, dist, resume, log)
         run = _run(model, out_dir, digest, dist, stop, options, len(train_rows), log, show_progress)
-        run_stages(model, train_rows, val_rows, run, progress, resumed, out_dir)
-        voxels = VoxelCalibration(cfg)
+        method.train(model, TrainingData(train_rows, val_rows, out_dir / WORK_DIR), run, progress, resumed)
+        voxels = VoxelCalibration(cfg.segmentation)
         rows = healthy_rows(model, [volumes[i] for i in val_ids], dist, stop, voxels=voxels)
         threshold, cfg.position_reference, calibration = threshold_from_rows(
-            rows, cfg.train.target_fpr, cfg.train.position_reference, strict=False)
+            rows, cfg.method, cfg.calibration.target_fpr, cfg.calibration.position_reference, strict=False)
         calibration.update(voxels.thresholds(dist))
         cfg.threshold = threshold
         cfg.voxel_threshold = calibration["voxel_thresholds"]["difference"]["on"]
@@ -163,30 +172,31 @@ def train(images: Sequence[Path], out_dir: Path, cfg: ModelConfig, device: torch
             "train_slices": len(train_rows), "device": dist.device.type, "processes": dist.world,
             "train_seconds": round(progress.seconds, 1), "stopped_by_time_budget": progress.cut,
             "mae_from": None if mae_from is None else str(mae_from),
-            "classifier_epoch_kept": progress.best["epoch"] if progress.best else len(
-                progress.history["classifier_loss"]),
-            **calibration, "history": progress.history,
+            **method.summary_of_training(cfg, progress), **calibration, "history": progress.history,
         }
         if dist.is_main:
             save_model(model, out_dir)
-            shutil.rmtree(out_dir / RECONSTRUCTION_DIR, ignore_errors=True)
+            shutil.rmtree(out_dir / WORK_DIR, ignore_errors=True)
         dist.barrier()
     log(f"threshold {threshold:.4f} (false-positive rate {calibration['validation_fpr']:.3f} on "
         f"{calibration['validation_slices']} held-out healthy slices); model written to {out_dir}")
     return model
 
 
-def _start(model: AnomalyModel, mae_source: AnomalyModel | None, out_dir: Path, digest: str, dist: Dist,
-           resume: bool, log: LogFn) -> tuple[Progress, dict | None]:
+def _start(model: AnomalyModel, mae_source: AnomalyModel | None, mae_source_dir: Path | None, out_dir: Path,
+           digest: str, dist: Dist, resume: bool, log: LogFn) -> tuple[Progress, dict | None]:
     """Where training starts: a fresh run (the classifier stage when the MAE comes from another
     model), or the checkpoint's position with ``resume``."""
     progress = Progress()
     if mae_source is not None:
-        model.mae.load_state_dict(mae_source.mae.state_dict())
-        begin_classifier(model, progress)
+        try:
+            get(model.config.method).start_from(model, mae_source, progress)
+        except MAEAnomalyError as exc:
+            raise MAEAnomalyError(exc.problem, mae_source_dir) from None
     if not resume:
         return progress, None
-    loaded = load_checkpoint(out_dir / CHECKPOINT_DIR, model, digest, dist.is_main)
+    loaded = load_checkpoint(out_dir / CHECKPOINT_DIR, model.networks, comparable(model.config), digest,
+                             dist.is_main)
     if loaded is None:
         log("no checkpoint to resume from; starting afresh")
         return progress, None
@@ -198,8 +208,9 @@ def _run(model: AnomalyModel, out_dir: Path, digest: str, dist: Dist, stop: Stop
     tc = model.config.train
     directory = out_dir / CHECKPOINT_DIR
 
-    def save(progress: Progress, opt: torch.optim.Optimizer, sched: torch.optim.lr_scheduler.LambdaLR) -> None:
+    def save(progress: Progress, optimisations: list[Optimisation]) -> None:
         if dist.is_main:
-            save_checkpoint(directory, progress, model, digest, opt, sched, dist.world)
+            save_checkpoint(directory, progress, model.networks, comparable(model.config), digest, optimisations,
+                            dist.world)
 
     return Run(dist, stop, options, n_train, tc.warmup_fraction, tc.seed, save, directory, log, show_progress)

@@ -18,13 +18,14 @@ from pathlib import Path
 import torch
 
 from ..calibration.voxel_threshold import VoxelCalibration
-from ..core.config import apply_overrides
 from ..core.errors import MAEAnomalyError
 from ..core.files import AtomicWriter, current_umask, refuse_inputs, signals_deferred, write_failure
-from ..core.model_io import CONFIG_NAME, WEIGHT_NAMES, config_json, load_model
 from ..data.brain import prepare_volume
 from ..data.inputs import sources as pair_sources
 from ..engine.distributed import Dist
+from ..methods import get
+from ..methods.model import CONFIG_NAME, config_json, is_model_dir, load_model
+from ..methods.model_config import apply_overrides, resolve_alias
 from .calibrate import healthy_rows, refuse_repeated_volumes, threshold_from_rows
 
 
@@ -38,11 +39,6 @@ def _sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def _holds_model(folder: Path) -> bool:
-    """config.json with a weights file: a folder of another tool's config.json alone is not a model."""
-    return (folder / CONFIG_NAME).is_file() and any((folder / f"{n}.safetensors").is_file() for n in WEIGHT_NAMES)
-
-
 def check_calibration_out(out: Path, model_dir: Path) -> None:
     """A new folder (or an empty one), never the source model's nor inside any model directory, where
     this process can write: checked before any volume is scored, so that no scoring is wasted."""
@@ -51,7 +47,7 @@ def check_calibration_out(out: Path, model_dir: Path) -> None:
     if out.resolve() == model_dir.resolve():
         raise MAEAnomalyError("--out must not be the model being calibrated", out)
     parents = Path(os.path.abspath(out)).parents
-    model = next((p for p in parents if _holds_model(p)), None)
+    model = next((p for p in parents if is_model_dir(p)), None)
     if model is not None:
         raise MAEAnomalyError(f"--out is inside the model directory {model}; choose a folder outside any model", out)
     base = next(p for p in parents if p.exists())  # where the first folder will be made
@@ -103,13 +99,17 @@ def calibrate_site(model_dir: Path, images: Sequence[str], masks: Sequence[str] 
     how the voxel map is made and cut, which the voxel threshold depends on). Returns the calibration record."""
     check_calibration_out(out, model_dir)
     model = load_model(model_dir)
+    method = get(model.config.method)
+    allowed = {f"{method.name}.{name}" for name in method.map_settings}
     for item in settings:
-        if not item.startswith("segmentation."):
-            raise MAEAnomalyError(f"--set {item}: calibrate changes segmentation settings only; the networks "
-                                  "were trained with the others")
+        key = resolve_alias(method.name, item.partition("=")[0])
+        if not (key.startswith("segmentation.") or key in allowed):
+            raise MAEAnomalyError(f"--set {item}: calibrate changes segmentation settings only"
+                                  + (f" (and {', '.join(sorted(allowed))})" if allowed else "")
+                                  + "; the networks were trained with the others")
     apply_overrides(model.config, settings)  # before scoring: the difference map depends on them
     cfg = copy.deepcopy(model.config)
-    fpr = cfg.train.target_fpr if target_fpr is None else target_fpr
+    fpr = cfg.calibration.target_fpr if target_fpr is None else target_fpr
     if not 0 < fpr < 1:
         raise MAEAnomalyError(f"--target-fpr {fpr}: give a rate between 0 and 1, e.g. 0.05")
     volumes = pair_sources(images, masks, None)
@@ -119,9 +119,10 @@ def calibrate_site(model_dir: Path, images: Sequence[str], masks: Sequence[str] 
         chosen = mask if mask is not None else brain_mask
         return prepare_volume(image, preprocess, chosen, labels, min_pixels, device)[0]
 
-    voxels, dist = VoxelCalibration(cfg), Dist(device=device)
+    voxels, dist = VoxelCalibration(cfg.segmentation), Dist(device=device)
     rows = healthy_rows(model, volumes, dist, None, prepare_fn, voxels)
-    threshold, reference, summary = threshold_from_rows(rows, fpr, cfg.train.position_reference, strict=True)
+    threshold, reference, summary = threshold_from_rows(rows, cfg.method, fpr, cfg.calibration.position_reference,
+                                                        strict=True)
     voxel = voxels.thresholds(dist)
     earlier = cfg.site_calibration
     record = {
@@ -141,7 +142,7 @@ def calibrate_site(model_dir: Path, images: Sequence[str], masks: Sequence[str] 
     cfg.threshold, cfg.position_reference, cfg.site_calibration = threshold, reference, record
     cfg.voxel_threshold = voxel["voxel_thresholds"]["difference"]["on"]
     cfg.check()
-    paths = [model_dir / f"{name}.safetensors" for name in WEIGHT_NAMES]
+    paths = [model_dir / f"{name}.safetensors" for name in model.networks]
     refuse_inputs([out / CONFIG_NAME, *(out / w.name for w in paths)], [*images, *(masks or []), *paths], "--out")
     weights = {path.name: path.read_bytes() for path in paths}
     digests = {name: hashlib.sha256(data).hexdigest() for name, data in weights.items()}

@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 from timm.models.vision_transformer import VisionTransformer
 
-from ...core.config import ClassifierConfig
+from .config import ClassifierConfig
 from .mae import MaskedAutoencoder
 
 

@@ -8,7 +8,7 @@ from timm.layers.pos_embed_sincos import build_sincos2d_pos_embed
 from timm.models.vision_transformer import Block
 from torch import nn
 
-from ...core.config import MAEConfig
+from .config import MAEConfig
 
 
 class MaskedAutoencoder(nn.Module):

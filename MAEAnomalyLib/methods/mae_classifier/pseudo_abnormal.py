@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from ...core.config import PseudoAbnormalConfig
+from .config import PseudoAbnormalConfig
 
 
 def _randint(low: int, high: int, n: int, generator: torch.Generator | None) -> torch.Tensor:

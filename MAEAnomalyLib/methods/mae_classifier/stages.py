@@ -11,14 +11,28 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from ...core.model_io import AnomalyModel
 from ...core.runtime import autocast
+from ...core.runtime import seeded_generator as generator
 from ...data.slice_cache import SliceRows
-from ...engine.loop import Progress, Run, Stage, TrainingInterrupted, make_loader, rank_share, train_stage
-from ...engine.samples import ChunkBatches, ClassifierSamples, MAESamples, ReconStore, Step, generator
+from ...engine.loop import (
+    Optimisation,
+    Progress,
+    Run,
+    Stage,
+    TrainingInterrupted,
+    adamw_warmup_cosine,
+    descend,
+    make_loader,
+    rank_share,
+    train_stage,
+)
+from ...engine.samples import ChunkBatches, Step
+from ..base import TrainingData
+from ..model import AnomalyModel
 from .classifier import anomaly_probability, classifier_loss
 from .networks import init_classifier_from_mae
 from .reconstruction import reconstruct
+from .samples import ClassifierSamples, MAESamples, ReconStore
 
 RECONSTRUCTION_DIR = "reconstructions"
 # Rough cost of a classifier epoch in MAE epochs (every patch, two inputs per slice); only used to
@@ -36,14 +50,18 @@ class MAEStage:
 
     def __init__(self, model: AnomalyModel, train: SliceRows, val: SliceRows, run: Run, progress: Progress) -> None:
         self.model, self.train, self.val, self.run, self.progress = model, train, val, run, progress
-        self.tc = model.config.train
+        self.tc, self.s = model.config.train, model.config.settings
 
     def stage(self) -> Stage:
-        tc = self.tc
-        return Stage("mae", self.model.mae, tc.mae_epochs, tc.batch_size, tc.mae_lr, tc.mae_weight_decay,
-                     MAESamples(self.train, tc.seed, "mae", tc.hflip), self.step, self.end_epoch)
+        tc, s = self.tc, self.s
+        data = MAESamples(self.train, tc.seed, "mae", tc.hflip)
+        return Stage("mae", self.model.mae, s.mae_epochs, tc.batch_size, data,
+                     lambda net, steps: adamw_warmup_cosine(net, s.mae_lr, s.mae_weight_decay, steps,
+                                                            tc.warmup_fraction, self.run.device),
+                     self.step, self.end_epoch)
 
-    def step(self, module: nn.Module, images: torch.Tensor, step: Step) -> tuple[torch.Tensor, torch.Tensor, int]:
+    def step(self, module: nn.Module, images: torch.Tensor, step: Step, opts: list[Optimisation]
+             ) -> tuple[torch.Tensor, int]:
         gen = generator(self.tc.seed, "mae-mask", step.epoch, step.batch)
         if step.a:
             # Skip the masking noise of the ranks before this one: CPU generators draw element by
@@ -52,13 +70,14 @@ class MAEStage:
         with autocast(self.run.device):
             loss, _, _ = module(images.to(self.run.device, non_blocking=True), gen)
         n = step.b - step.a
-        return rank_share(loss, n, step.size, self.run.dist.world), loss, n
+        descend(rank_share(loss, n, step.size, self.run.dist.world), opts[0])
+        return loss, n
 
     def end_epoch(self, mean_loss: float) -> str:
         val_loss = self.validation()
-        self.progress.history["mae_loss"].append(mean_loss)
-        self.progress.history["mae_val_loss"].append(val_loss)
-        return (f"MAE epoch {self.progress.epoch}/{self.tc.mae_epochs}: loss {mean_loss:.5f}, "
+        self.progress.history.setdefault("mae_loss", []).append(mean_loss)
+        self.progress.history.setdefault("mae_val_loss", []).append(val_loss)
+        return (f"MAE epoch {self.progress.epoch}/{self.s.mae_epochs}: loss {mean_loss:.5f}, "
                 f"validation loss {val_loss:.5f}")
 
     @torch.no_grad()
@@ -83,18 +102,21 @@ class ClassifierStage:
     def __init__(self, model: AnomalyModel, train: SliceRows, val: SliceRows, run: Run, progress: Progress,
                  out_dir: Path) -> None:
         self.model, self.run, self.progress, self.cfg = model, run, progress, model.config
-        self.tc = model.config.train
+        self.tc, self.s = model.config.train, model.config.settings
         self.train_data = ClassifierSamples(train, reconstruct_rows(model, "train", train, run, out_dir),
-                                            self.cfg.pseudo_abnormal, self.cfg.classifier, self.tc.seed,
+                                            self.s.pseudo_abnormal, self.s.classifier, self.tc.seed,
                                             "classifier", self.tc.hflip)
         self.val_data = ClassifierSamples(val, reconstruct_rows(model, "val", val, run, out_dir),
-                                          self.cfg.pseudo_abnormal, self.cfg.classifier, self.tc.seed,
+                                          self.s.pseudo_abnormal, self.s.classifier, self.tc.seed,
                                           "classifier-val", hflip=False)
 
     def stage(self) -> Stage:
-        tc = self.tc
-        return Stage("classifier", self.model.classifier, tc.classifier_epochs, tc.classifier_batch_size,
-                     tc.classifier_lr, tc.classifier_weight_decay, self.train_data, self.step, self.end_epoch)
+        s = self.s
+        return Stage("classifier", self.model.classifier, s.classifier_epochs, s.classifier_batch_size,
+                     self.train_data,
+                     lambda net, steps: adamw_warmup_cosine(net, s.classifier_lr, s.classifier_weight_decay, steps,
+                                                            self.tc.warmup_fraction, self.run.device),
+                     self.step, self.end_epoch)
 
     def inputs(self, batch: tuple[torch.Tensor, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
         negatives, positives = batch
@@ -102,25 +124,26 @@ class ClassifierStage:
         inputs = torch.cat([negatives, positives]).to(self.run.device, non_blocking=True)
         return inputs, torch.cat([torch.zeros(n), torch.ones(n)]).to(self.run.device)
 
-    def step(self, module: nn.Module, batch: tuple[torch.Tensor, torch.Tensor], step: Step
-             ) -> tuple[torch.Tensor, torch.Tensor, int]:
+    def step(self, module: nn.Module, batch: tuple[torch.Tensor, torch.Tensor], step: Step,
+             opts: list[Optimisation]) -> tuple[torch.Tensor, int]:
         inputs, targets = self.inputs(batch)
         with autocast(self.run.device):
-            loss = classifier_loss(module(inputs), targets, self.cfg.classifier)
+            loss = classifier_loss(module(inputs), targets, self.s.classifier)
         n = step.b - step.a
-        return rank_share(loss, n, step.size, self.run.dist.world), loss, 2 * n
+        descend(rank_share(loss, n, step.size, self.run.dist.world), opts[0])
+        return loss, 2 * n
 
     def end_epoch(self, mean_loss: float) -> str:
         val_loss, val_acc = self.validation()
         history, progress = self.progress.history, self.progress
-        history["classifier_loss"].append(mean_loss)
-        history["classifier_val_loss"].append(val_loss)
-        history["classifier_val_accuracy"].append(val_acc)
-        if self.tc.classifier_selection == "best_validation" and (
+        history.setdefault("classifier_loss", []).append(mean_loss)
+        history.setdefault("classifier_val_loss", []).append(val_loss)
+        history.setdefault("classifier_val_accuracy", []).append(val_acc)
+        if self.s.classifier_selection == "best_validation" and (
                 progress.best is None or val_loss < progress.best["loss"]):
             weights = {k: v.detach().cpu().clone() for k, v in self.model.classifier.state_dict().items()}
             progress.best = {"epoch": progress.epoch, "loss": val_loss, "weights": weights}
-        return (f"classifier epoch {progress.epoch}/{self.tc.classifier_epochs}: loss {mean_loss:.4f}, "
+        return (f"classifier epoch {progress.epoch}/{self.s.classifier_epochs}: loss {mean_loss:.4f}, "
                 f"validation loss {val_loss:.4f}, validation accuracy {val_acc:.3f} (pseudo-abnormal)")
 
     @torch.no_grad()
@@ -135,7 +158,7 @@ class ClassifierStage:
             inputs, targets = self.inputs(batch)
             with autocast(run.device):
                 logits = clf(inputs)
-            total += classifier_loss(logits, targets, self.cfg.classifier).item() * len(inputs)
+            total += classifier_loss(logits, targets, self.s.classifier).item() * len(inputs)
             correct += float(((anomaly_probability(logits) >= 0.5).float() == targets).sum())
         total, correct = run.dist.sum([total, correct])
         return total / max(1, 2 * n), correct / max(1, 2 * n)
@@ -150,7 +173,7 @@ def reconstruct_rows(model: AnomalyModel, name: str, rows: SliceRows, run: Run, 
     chunks = store.chunks(run.dist.rank)
     batches = iter(make_loader(MAESamples(rows, tc.seed, name, hflip=False),
                                ChunkBatches(len(rows), tc.batch_size, chunks), run.options.workers, run.device))
-    size = model.config.preprocess.image_size
+    size, passes = model.config.preprocess.image_size, model.config.settings.reconstruction_passes
 
     def parts():
         # Equal rounds on every rank, so that the stop polls (collectives) pair up.
@@ -158,8 +181,7 @@ def reconstruct_rows(model: AnomalyModel, name: str, rows: SliceRows, run: Run, 
             if j < len(chunks):
                 images = next(batches).to(run.device)
                 with autocast(run.device):
-                    recon = reconstruct(mae, images, tc.reconstruction_passes, generator(tc.seed, "recon", name,
-                                                                                         chunks[j]))
+                    recon = reconstruct(mae, images, passes, generator(tc.seed, "recon", name, chunks[j]))
                 yield recon.float().cpu().numpy()
             if run.stop.poll() == run.stop.SIGNAL:
                 raise TrainingInterrupted("stopped by SIGTERM while reconstructing slices for the classifier; "
@@ -173,15 +195,15 @@ def reconstruct_rows(model: AnomalyModel, name: str, rows: SliceRows, run: Run, 
 def begin_classifier(model: AnomalyModel, progress: Progress) -> None:
     """Moves on from the MAE (trained here, or taken from another model) to the classifier."""
     progress.begin("classifier")
-    if model.config.classifier.init_from_mae:
+    if model.config.settings.classifier.init_from_mae:
         init_classifier_from_mae(model.classifier, model.mae)
 
 
-def run_stages(model: AnomalyModel, train: SliceRows, val: SliceRows, run: Run, progress: Progress,
-               resumed: dict | None, out_dir: Path) -> None:
+def run_stages(model: AnomalyModel, data: TrainingData, run: Run, progress: Progress, resumed: dict | None) -> None:
     """Trains what is left of both stages, then keeps the classifier ``classifier_selection`` asks for."""
-    tc = model.config.train
-    if progress.stage == "mae":
+    tc, train, val, out_dir = model.config.settings, data.train, data.val, data.work_dir
+    if progress.stage in ("", "mae"):
+        progress.stage = "mae"
         share = (tc.mae_epochs - progress.epoch) / max(1e-9, tc.mae_epochs - progress.epoch
                                                        + CLASSIFIER_EPOCH_COST * tc.classifier_epochs)
         remaining = run.stop.remaining()
@@ -200,6 +222,6 @@ def run_stages(model: AnomalyModel, train: SliceRows, val: SliceRows, run: Run, 
 def keep_selected(model: AnomalyModel, run: Run, progress: Progress) -> None:
     """Keeps the best epoch's classifier when ``classifier_selection`` asks for it; the last step's otherwise."""
     best = progress.best
-    if model.config.train.classifier_selection == "best_validation" and best is not None:
+    if model.config.settings.classifier_selection == "best_validation" and best is not None:
         model.classifier.load_state_dict(best["weights"])
         run.log(f"keeping the classifier of epoch {best['epoch']} (lowest validation loss, {best['loss']:.4f})")

@@ -1,4 +1,5 @@
-"""Model directories: ``config.json`` plus ``mae.safetensors`` and ``classifier.safetensors``.
+"""Model directories: ``config.json`` (``model_config``) plus one ``NAME.safetensors`` for each network the
+model's method declares (none for a method that trains nothing).
 
 Loading validates everything and never unpickles anything. Weights are written as float32 unless a
 compact storage dtype (float16 or bfloat16) is asked for explicitly; half-precision weights load as
@@ -21,14 +22,13 @@ from safetensors import SafetensorError
 from safetensors.torch import load, load_file, save_file
 from torch import nn
 
-from ..methods.mae_classifier.networks import MaskedAutoencoder, build_classifier
-from .config import DIGESTS_KEY, FORMAT_VERSION, ModelConfig
-from .config_rules import RemovedSetting
-from .errors import MAEAnomalyError
-from .files import AtomicWriter, atomic_outputs
+from ..core.config_rules import RemovedSetting
+from ..core.errors import MAEAnomalyError
+from ..core.files import AtomicWriter, atomic_outputs
+from . import get
+from .model_config import DIGESTS_KEY, FORMAT_VERSION, ModelConfig
 
 CONFIG_NAME = "config.json"
-WEIGHT_NAMES = ("mae", "classifier")
 _PICKLE_MAGICS = (b"\x80", b"PK\x03\x04")  # raw pickle protocol 2+, torch.save zip archive
 # Storage dtypes of float32 parameters: what a model directory may hold, and what loads as float32.
 STORAGE_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
@@ -37,27 +37,32 @@ _SHA256 = re.compile(r"[0-9a-f]{64}")
 
 @dataclass
 class AnomalyModel:
-    """A trained (or in-training) model: its config and both networks."""
+    """A trained (or in-training) model: its config and its method's networks (``model.mae`` reads
+    ``model.networks["mae"]``)."""
 
     config: ModelConfig
-    mae: MaskedAutoencoder
-    classifier: nn.Module
+    networks: dict[str, nn.Module] = field(default_factory=dict)
     # The SHA-256 that config.json records for each weights file loaded (checked); empty for older models.
     weights_sha256: dict[str, str] = field(default_factory=dict)
 
     @classmethod
     def from_config(cls, config: ModelConfig) -> AnomalyModel:
-        size = config.preprocess.image_size
-        return cls(config, MaskedAutoencoder(config.mae, size), build_classifier(config.classifier, size))
+        return cls(config, get(config.method).networks(config))
+
+    def __getattr__(self, name: str) -> nn.Module:
+        networks = self.__dict__.get("networks", {})
+        if name in networks:
+            return networks[name]
+        raise AttributeError(f"{type(self).__name__} of method {self.config.method} has no network '{name}'")
 
     def to(self, device: torch.device) -> AnomalyModel:
-        self.mae.to(device)
-        self.classifier.to(device)
+        for net in self.networks.values():
+            net.to(device)
         return self
 
     def eval(self) -> AnomalyModel:
-        self.mae.eval()
-        self.classifier.eval()
+        for net in self.networks.values():
+            net.eval()
         return self
 
 
@@ -103,7 +108,7 @@ def config_json(config: ModelConfig, digests: dict[str, str]) -> str:
 
 
 def _weights(model: AnomalyModel, dtype: torch.dtype) -> dict[str, dict[str, torch.Tensor]]:
-    return {name: stored_state(getattr(model, name), dtype) for name in WEIGHT_NAMES}
+    return {name: stored_state(net, dtype) for name, net in model.networks.items()}
 
 
 def _write_weights(writer: AtomicWriter, states: dict[str, dict[str, torch.Tensor]], directory: Path,
@@ -167,6 +172,16 @@ def _looks_like_pickle(path: Path) -> bool:
     return any(head.startswith(magic) for magic in _PICKLE_MAGICS)
 
 
+def is_model_dir(folder: Path) -> bool:
+    """A model directory's config.json (a JSON object with a format version): another tool's config.json
+    alone is not a model."""
+    try:
+        data = json.loads((folder / CONFIG_NAME).read_text(encoding="utf-8"))
+    except (OSError, ValueError, UnicodeDecodeError):
+        return False
+    return isinstance(data, dict) and "format_version" in data
+
+
 def load_config(directory: str | Path) -> ModelConfig:
     """Reads and checks ``config.json`` of a model directory."""
     return _read_config(directory)[0]
@@ -193,11 +208,11 @@ def _read_config(directory: str | Path) -> tuple[ModelConfig, dict[str, str]]:
     if not isinstance(data, dict):
         raise MAEAnomalyError("model is damaged: config.json does not hold an object", path)
     version = data.get("format_version")
-    if version != FORMAT_VERSION:
+    if version not in (1, FORMAT_VERSION):  # format 1: written before methods were plug-ins
         raise MAEAnomalyError(
             f"model format {version} is incompatible with this version of MAEAnomaly (format {FORMAT_VERSION})", path)
     digests = data.pop(DIGESTS_KEY, {})
-    if not (isinstance(digests, dict) and set(digests) <= {f"{n}.safetensors" for n in WEIGHT_NAMES}
+    if not (isinstance(digests, dict) and all(isinstance(k, str) and k.endswith(".safetensors") for k in digests)
             and all(isinstance(v, str) and _SHA256.fullmatch(v) for v in digests.values())):
         raise MAEAnomalyError(f"model is damaged: {DIGESTS_KEY} must map weights files to SHA-256 digests", path)
     try:
@@ -232,12 +247,15 @@ def load_model(directory: str | Path) -> AnomalyModel:
     except (ValueError, TypeError) as exc:
         raise MAEAnomalyError(f"model is damaged: {exc}", directory / CONFIG_NAME) from None
     model.weights_sha256 = digests
-    for name in WEIGHT_NAMES:
+    unexpected = set(digests) - {f"{n}.safetensors" for n in model.networks}
+    if unexpected:
+        raise MAEAnomalyError(f"model is damaged: {DIGESTS_KEY} names {sorted(unexpected)[0]}, not a network of "
+                              f"method {config.method}", directory / CONFIG_NAME)
+    for name, net in model.networks.items():
         path = directory / f"{name}.safetensors"
         if not path.is_file():
             raise MAEAnomalyError("model is damaged: weights file is missing", path)
         state, recorded = _read_weights(path, digests.get(path.name))
-        net = getattr(model, name)
         expected = net.state_dict()
         if set(state) != set(expected) or any(state[k].shape != expected[k].shape for k in expected):
             raise MAEAnomalyError("model is damaged: weights do not match config.json", path)
