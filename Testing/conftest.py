@@ -12,10 +12,10 @@ import torch
 # The Slicer-only package sits beside the module file, as Slicer puts it on the path.
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "MAEAnomaly"))
 
-from MAEAnomalyLib.core.config import preset
-from MAEAnomalyLib.core.model_io import AnomalyModel, save_model
 from MAEAnomalyLib.core.runtime import resolve_device
 from MAEAnomalyLib.data.synthetic import write_cohort
+from MAEAnomalyLib.methods.model import AnomalyModel, save_model
+from MAEAnomalyLib.methods.model_config import preset
 from MAEAnomalyLib.training import train
 
 # Two cores on CI: the default thread count oversubscribes when pytest and torch share them.

@@ -36,8 +36,9 @@ def test_healthy_validation_draws_the_boxes_of_the_task_it_is_given(tiny_model_d
     assert own.returncode == 0, own.stderr
     assert set(_rows(own.stdout)) == {1, 2}
     # Boxes scaled by β = 1 change nothing: positives equal negatives, so the task is unlearnable.
+    # (the format-1 name of a setting is an alias of the format-2 one: both are accepted)
     blank = _run("healthy_validation.py", *common, "--task", "pseudo_abnormal.beta_low=1.0",
-                 "--task", "pseudo_abnormal.beta_high=1.0")
+                 "--task", "mae_classifier.pseudo_abnormal.beta_high=1.0")
     assert blank.returncode == 0, blank.stderr
     assert "task: pseudo_abnormal.beta_low=1.0" in blank.stdout
     for r, (_, auroc, _) in _rows(blank.stdout).items():

@@ -16,12 +16,12 @@ import torch
 
 from MAEAnomalyLib.cli.main import main
 from MAEAnomalyLib.core.errors import MAEAnomalyError
-from MAEAnomalyLib.core.model_io import load_model
 from MAEAnomalyLib.core.shipped import resolve_model, shipped_models
 from MAEAnomalyLib.data.brain import extract_brain, is_skull_stripped
 from MAEAnomalyLib.data.preprocessing import prepare
 from MAEAnomalyLib.data.synthetic import make_subject
 from MAEAnomalyLib.evaluation.voxels import stored_thresholds
+from MAEAnomalyLib.methods.model import load_model
 from MAEAnomalyLib.scoring.scores import score_prepared
 from MAEAnomalyLib.scoring.segmentation import median_filtered
 from MAEAnomalyLib.scoring.voxel_maps import voxel_maps
@@ -143,14 +143,16 @@ def test_calibrate_recalibrates_the_voxel_threshold_for_new_segmentation_setting
     assert abs(above / voxels - seg.target_fpr) < 0.002
 
 
+@pytest.mark.parametrize("setting", ["mae_classifier.score_reconstructions=2", "train.score_reconstructions=2"])
 def test_calibrate_changes_no_setting_the_networks_were_trained_with(run_cli: Callable, heads: list,
                                                                      untrained_model_dir: Path,
-                                                                     tmp_path: Path) -> None:
+                                                                     tmp_path: Path, setting: str) -> None:
     out = tmp_path / "site"
-    result = _calibrate(run_cli, untrained_model_dir, heads, out, "--set", "train.score_reconstructions=2")
+    result = _calibrate(run_cli, untrained_model_dir, heads, out, "--set", setting)
     assert result.returncode == 2 and not out.exists()
     assert result.stderr.strip().splitlines()[-1].endswith(
-        "calibrate changes segmentation settings only; the networks were trained with the others")
+        f"--set {setting}: calibrate changes segmentation settings only (and mae_classifier.spread_floor); "
+        "the networks were trained with the others")
 
 
 def test_calibrate_with_too_few_slices_says_how_many_are_needed(run_cli: Callable, heads: list,

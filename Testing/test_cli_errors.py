@@ -140,7 +140,7 @@ def damaged_models(tmp: Path, model: Path) -> dict[str, tuple[Path, str]]:
     bad_json = copy("bad_json")
     (bad_json / "config.json").write_text("{ not json")
     old = copy("old_format")
-    (old / "config.json").write_text((old / "config.json").read_text().replace('"format_version": 1',
+    (old / "config.json").write_text((old / "config.json").read_text().replace('"format_version": 2',
                                                                                 '"format_version": 99'))
     truncated = copy("truncated_weights")
     data = (truncated / "mae.safetensors").read_bytes()
@@ -205,10 +205,16 @@ def test_cuda_without_gpu_is_a_clear_error(run_cli: Callable, untrained_model_di
 
 
 @pytest.mark.parametrize(("setting", "words"), [
+    ("mae_classifier.classifier_selection=best", "choose last or best_validation"),
+    ("mae_classifier.pseudo_abnormal.beta_mode=voxel", "choose box or pixel"),
+    ("mae_classifier.classifier.masked_input=maybe", "'maybe' is not a valid bool"),
+    ("preprocess.crop_margin=-2", "must be at least 0 and below 1000000"),
+    ("mae_classifier.score_reconstructions=0", "must be at least 1 and below 101"),
+    ("mae_classifier.classifier.global_pool=mean", "choose token, avg, max or avgmax"),
+    # The names of format 1 are aliases of the above: their errors name the setting as it was given.
     ("train.classifier_selection=best", "choose last or best_validation"),
     ("pseudo_abnormal.beta_mode=voxel", "choose box or pixel"),
     ("classifier.masked_input=maybe", "'maybe' is not a valid bool"),
-    ("preprocess.crop_margin=-2", "must be at least 0 and below 1000000"),
     ("train.score_reconstructions=0", "must be at least 1 and below 101"),
     ("classifier.global_pool=mean", "choose token, avg, max or avgmax"),
 ])

@@ -15,12 +15,12 @@ import pytest
 import SimpleITK as sitk
 
 from MAEAnomalyLib.cli.main import build_parser, main
-from MAEAnomalyLib.core.config import apply_overrides, preset
 from MAEAnomalyLib.core.errors import MAEAnomalyError
 from MAEAnomalyLib.core.files import atomic_outputs
 from MAEAnomalyLib.data.io import read_volume
 from MAEAnomalyLib.data.slice_cache import SliceCache
 from MAEAnomalyLib.data.synthetic import make_subject
+from MAEAnomalyLib.methods.model_config import apply_overrides, preset
 from MAEAnomalyLib.scoring.cohort_table import RECORDS
 from MAEAnomalyLib.training import train
 
@@ -49,9 +49,13 @@ def test_huge_finite_values_are_not_called_infinite(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize(("setting", "words"), [
     ("trian.seed=1",
-     "no section 'trian' (sections: preprocess, mae, classifier, pseudo_abnormal, train, segmentation)"),
-    ("train.bach_size=4", "'train' has no setting 'bach_size' (settings: mae_epochs, classifier_epochs, batch_size"),
-    ("train.seed", "expected section.field=value"),
+     "--set trian.seed=1: no section 'trian' (sections: preprocess, train, calibration, segmentation, "
+     "mae_classifier)"),
+    ("train.bach_size=4", "--set train.bach_size=4: train has no setting 'bach_size' (settings: batch_size, "
+                          "warmup_fraction, validation_fraction, hflip, seed)"),
+    ("mae_classifier.mae.dept=4", "--set mae_classifier.mae.dept=4: mae_classifier.mae has no setting 'dept' "
+                                  "(settings: patch_size, embed_dim, depth, "),
+    ("train.seed", "--set train.seed: expected SECTION.FIELD=VALUE"),
 ])
 def test_an_unknown_set_key_names_the_unknown_part_and_the_valid_ones(setting: str, words: str) -> None:
     with pytest.raises(MAEAnomalyError) as info:

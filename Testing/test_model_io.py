@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 import shutil
 from pathlib import Path
 
@@ -13,10 +14,10 @@ import SimpleITK as sitk
 import torch
 from safetensors.torch import load_file
 
-from MAEAnomalyLib.core.config import ModelConfig, preset
 from MAEAnomalyLib.core.errors import MAEAnomalyError
-from MAEAnomalyLib.core.model_io import AnomalyModel, compact_weights, load_config, load_model, save_model
 from MAEAnomalyLib.data.synthetic import make_subject
+from MAEAnomalyLib.methods.model import AnomalyModel, compact_weights, load_config, load_model, save_model
+from MAEAnomalyLib.methods.model_config import ModelConfig, preset
 from MAEAnomalyLib.scoring.scores import score_image
 
 
@@ -24,7 +25,7 @@ from MAEAnomalyLib.scoring.scores import score_image
 def test_round_trip_is_bit_exact(tmp_path: Path, pool: str) -> None:
     torch.manual_seed(0)
     cfg = preset("tiny")
-    cfg.classifier.global_pool = pool
+    cfg.settings.classifier.global_pool = pool
     cfg.threshold = 0.25
     model = AnomalyModel.from_config(cfg)
     save_model(model, tmp_path / "m")
@@ -42,14 +43,14 @@ def test_round_trip_is_bit_exact(tmp_path: Path, pool: str) -> None:
 
 def test_config_rejects_unknown_keys() -> None:
     data = preset("tiny").to_dict()
-    data["mae"]["depht"] = 3
+    data["mae_classifier"]["mae"]["depht"] = 3
     with pytest.raises(ValueError, match="depht"):
         ModelConfig.from_dict(data)
 
 
 @pytest.mark.parametrize(("section", "name", "value", "words"), [
-    ("classifier", "global_pool", "mean", "choose token, avg, max or avgmax"),
-    ("train", "score_reconstructions", 0, "it must be at least 1 and below 101"),
+    ("mae_classifier.classifier", "global_pool", "mean", "choose token, avg, max or avgmax"),
+    ("mae_classifier", "score_reconstructions", 0, "it must be at least 1 and below 101"),
 ])
 def test_setting_out_of_its_choices_is_a_damaged_model(tmp_path: Path, section: str, name: str, value: object,
                                                         words: str) -> None:
@@ -58,9 +59,12 @@ def test_setting_out_of_its_choices_is_a_damaged_model(tmp_path: Path, section: 
     save_model(AnomalyModel.from_config(cfg), tmp_path / "m")
     path = tmp_path / "m" / "config.json"
     data = json.loads(path.read_text())
-    data[section][name] = value
+    target = data
+    for part in section.split("."):
+        target = target[part]
+    target[name] = value
     path.write_text(json.dumps(data))
-    with pytest.raises(MAEAnomalyError, match=f"model is damaged: {section}.{name} is .*; {words}"):
+    with pytest.raises(MAEAnomalyError, match=re.escape(f"model is damaged: {section}.{name} is {value!r}; {words}")):
         load_model(tmp_path / "m")
 
 
@@ -85,6 +89,32 @@ def test_failed_save_leaves_the_previous_model(tmp_path: Path) -> None:
     assert after == before  # no temporary file left, nothing replaced
 
 
+# Format 1 (every model written before methods were plug-ins) kept these settings of the paper's method in
+# ``train``; format 2 keeps them in the method's section, ``mae_classifier``.
+FORMAT_1_TRAIN = ("mae_epochs", "classifier_epochs", "classifier_batch_size", "mae_lr", "mae_weight_decay",
+                  "classifier_lr", "classifier_weight_decay", "reconstruction_passes", "score_reconstructions",
+                  "classifier_selection")
+
+
+def as_format_1(data: dict) -> dict:
+    """A format-2 ``config.json``'s data in format 1's flat layout (sections preprocess, mae, classifier,
+    pseudo_abnormal, train, segmentation; no method), as models were written before methods were plug-ins."""
+    settings = data["mae_classifier"]
+    assert data["method"] == "mae_classifier" and data["format_version"] == 2
+    # Every setting of the method's section and of calibration has its place in format 1.
+    assert set(settings) == {"mae", "classifier", "pseudo_abnormal", "spread_floor", *FORMAT_1_TRAIN}
+    assert set(data["calibration"]) == {"target_fpr", "position_reference"}
+    old = {"preset": data["preset"], "preprocess": data["preprocess"], "mae": settings["mae"],
+           "classifier": settings["classifier"], "pseudo_abnormal": settings["pseudo_abnormal"],
+           "train": {**data["train"], **{name: settings[name] for name in FORMAT_1_TRAIN}, **data["calibration"]},
+           "segmentation": {**data["segmentation"], "spread_floor": settings["spread_floor"]}}
+    kept = ("threshold", "position_reference", "site_calibration", "voxel_threshold", "versions",
+            "training_summary", "weights_sha256")
+    old.update({name: data[name] for name in kept if name in data})
+    old["format_version"] = 1
+    return old
+
+
 @pytest.mark.parametrize(("section", "name", "off", "other"), [
     ("classifier", "members", 1, 3),
     ("classifier", "drop_path_rate", 0.0, 0.1),
@@ -94,15 +124,15 @@ def test_failed_save_leaves_the_previous_model(tmp_path: Path) -> None:
 ])
 def test_removed_settings_load_only_at_their_old_default(tmp_path: Path, section: str, name: str, off: object,
                                                          other: object) -> None:
-    """A model directory written before the option was removed loads as before when the option is off,
-    and is refused in one line naming the setting when it is on."""
+    """A model directory written before the option was removed (format 1) loads as before when the option
+    is off, and is refused in one line naming the setting when it is on."""
     torch.manual_seed(0)
     cfg = preset("tiny")
     cfg.threshold = 0.5
     model = AnomalyModel.from_config(cfg)
     save_model(model, tmp_path / "m")
     path = tmp_path / "m" / "config.json"
-    data = json.loads(path.read_text())
+    data = as_format_1(json.loads(path.read_text()))
     data[section][name] = off
     path.write_text(json.dumps(data))
     loaded = load_model(tmp_path / "m")
@@ -180,6 +210,32 @@ def test_compact_storage_is_explicit_and_checked(tmp_path: Path) -> None:
     assert not (tmp_path / "m").exists()
     save_model(model, tmp_path / "m", dtype=torch.bfloat16)  # bfloat16 has float32's range
     assert load_model(tmp_path / "m").classifier.norm.weight[0] == 99840  # 1e5 rounded to bfloat16's 8 bits
+
+
+def test_a_format_1_model_directory_loads_and_scores_as_its_format_2_twin(tmp_path: Path) -> None:
+    """A model directory written before methods were plug-ins (format 1: flat sections, no method) loads
+    with the same settings and gives the same slice table and the same map, bit for bit."""
+    torch.manual_seed(0)
+    cfg = preset("tiny")
+    cfg.threshold = 0.5
+    save_model(AnomalyModel.from_config(cfg), tmp_path / "v2")
+    shutil.copytree(tmp_path / "v2", tmp_path / "v1")
+    path = tmp_path / "v1" / "config.json"
+    data = json.loads(path.read_text())
+    old = as_format_1(data)
+    assert old["weights_sha256"] == data["weights_sha256"] and "mae_classifier" not in old and "method" not in old
+    path.write_text(json.dumps(old, indent=2))
+    new, migrated = load_model(tmp_path / "v2"), load_model(tmp_path / "v1")
+    assert migrated.config.to_dict() == new.config.to_dict()
+    assert migrated.weights_sha256 == new.weights_sha256
+    subject = make_subject(3, lesion=True)
+    results = [score_image(model, subject.image, subject.brain_mask) for model in (new, migrated)]
+    assert results[0].table.keys() == results[1].table.keys()
+    for column, values in results[0].table.items():
+        np.testing.assert_array_equal(results[1].table[column], values, err_msg=column)
+    maps = [sitk.GetArrayFromImage(r.difference) for r in results]
+    assert maps[0].any()
+    np.testing.assert_array_equal(maps[1], maps[0])
 
 
 def test_half_precision_weights_in_a_pickle_are_still_refused(untrained_model_dir: Path, tmp_path: Path) -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from MAEAnomalyLib.core.config import PseudoAbnormalConfig, preset
+from MAEAnomalyLib.methods.mae_classifier.config import PseudoAbnormalConfig
 from MAEAnomalyLib.methods.mae_classifier.networks import MaskedAutoencoder, build_classifier, init_classifier_from_mae
 from MAEAnomalyLib.methods.mae_classifier.pseudo_abnormal import box_masks, make_pseudo_abnormal
 from MAEAnomalyLib.methods.mae_classifier.reconstruction import (
@@ -14,13 +14,14 @@ from MAEAnomalyLib.methods.mae_classifier.reconstruction import (
     reconstruct,
     reconstruct_samples,
 )
+from MAEAnomalyLib.methods.model_config import preset
 
 
 @pytest.fixture
 def mae() -> MaskedAutoencoder:
     torch.manual_seed(0)
     cfg = preset("tiny")
-    return MaskedAutoencoder(cfg.mae, cfg.preprocess.image_size).eval()
+    return MaskedAutoencoder(cfg.settings.mae, cfg.preprocess.image_size).eval()
 
 
 def test_masking_keeps_a_quarter_of_patches(mae: MaskedAutoencoder) -> None:
@@ -160,21 +161,21 @@ def test_boxes_follow_the_paper_ranges() -> None:
 
 def test_classifier_has_one_channel_and_one_logit(mae: MaskedAutoencoder) -> None:
     cfg = preset("tiny")
-    clf = build_classifier(cfg.classifier, 64)
+    clf = build_classifier(cfg.settings.classifier, 64)
     assert clf(torch.rand(2, 1, 64, 64)).shape == (2, 1)
     init_classifier_from_mae(clf, mae)
     assert torch.equal(clf.blocks[0].attn.qkv.weight, mae.blocks[0].attn.qkv.weight)
     assert torch.equal(clf.patch_embed.proj.weight, mae.patch_embed.proj.weight)
-    cfg.classifier.head = "softmax"
-    assert build_classifier(cfg.classifier, 64)(torch.rand(2, 1, 64, 64)).shape == (2, 2)
+    cfg.settings.classifier.head = "softmax"
+    assert build_classifier(cfg.settings.classifier, 64)(torch.rand(2, 1, 64, 64)).shape == (2, 2)
 
 
 @pytest.mark.parametrize("pool", ["avg", "max", "avgmax"])
 def test_pooled_classifier_reads_every_patch_and_takes_the_mae_norm(mae: MaskedAutoencoder, pool: str) -> None:
     cfg = preset("tiny")
-    cfg.classifier.global_pool = pool
+    cfg.settings.classifier.global_pool = pool
     torch.manual_seed(0)
-    clf = build_classifier(cfg.classifier, 64).eval()
+    clf = build_classifier(cfg.settings.classifier, 64).eval()
     x = torch.zeros(1, 1, 64, 64)
     corner = x.clone()
     corner[..., :8, :8] = 5.0  # one patch changed

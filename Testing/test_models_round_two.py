@@ -19,11 +19,11 @@ import pytest
 import torch
 
 from MAEAnomalyLib.cli.main import main
-from MAEAnomalyLib.core.config import preset
 from MAEAnomalyLib.core.errors import MAEAnomalyError
-from MAEAnomalyLib.core.model_io import AnomalyModel, load_model, save_model
 from MAEAnomalyLib.core.shipped import models_dir
 from MAEAnomalyLib.data.synthetic import make_subject
+from MAEAnomalyLib.methods.model import AnomalyModel, load_model, save_model
+from MAEAnomalyLib.methods.model_config import preset
 
 REPO = Path(__file__).resolve().parent.parent
 WEIGHTS = ("mae.safetensors", "classifier.safetensors")

@@ -19,9 +19,14 @@ from MAEAnomalyLib.calibration.position import (
     reference_from_rows,
 )
 from MAEAnomalyLib.core.errors import MAEAnomalyError
-from MAEAnomalyLib.core.model_io import load_model
 from MAEAnomalyLib.evaluation.cohort import area_stratified_auroc, score_columns
+from MAEAnomalyLib.methods.model import load_model
 from MAEAnomalyLib.training.calibrate import threshold_from_rows
+
+
+METHOD = "mae_classifier"
+# The paper's method positions its probability on the logit scale and its MAE error on the log scale.
+TRANSFORMS = {"probability": "logit", "mae_l1": "log"}
 
 
 def test_brain_position_spans_the_foreground() -> None:
@@ -33,7 +38,8 @@ def test_brain_position_spans_the_foreground() -> None:
 
 
 def _healthy_rows(rng: np.random.Generator, n: int = 2000) -> np.ndarray:
-    """Healthy slices whose raw score depends on position: the ends of the brain score high."""
+    """Healthy slices whose raw score depends on position: the ends of the brain score high. The rows of
+    ``healthy_rows``: the tenth of the brain, then the method's positioned scores (probability, mae_l1)."""
     bins = rng.integers(0, BINS, n)
     edge = np.abs(bins - (BINS - 1) / 2) / ((BINS - 1) / 2)  # 0 mid-brain, 1 at the ends
     logit = -3 + 4 * edge + rng.normal(0, 0.5, n)
@@ -43,7 +49,7 @@ def _healthy_rows(rng: np.random.Generator, n: int = 2000) -> np.ndarray:
 
 def test_reference_removes_what_position_explains() -> None:
     rows = _healthy_rows(np.random.default_rng(0))
-    reference = reference_from_rows(rows[:, 0], {"probability": rows[:, 1], "mae_l1": rows[:, 2]})
+    reference = reference_from_rows(rows[:, 0], {"probability": rows[:, 1], "mae_l1": rows[:, 2]}, TRANSFORMS)
     z = calibrated_rows(rows[:, 1], rows[:, 0].astype(int), reference, "probability")
     # Raw: the ends of the brain score far above its middle; calibrated: every tenth centred on 0, spread 1.
     for b in range(BINS):
@@ -59,13 +65,13 @@ def test_reference_removes_what_position_explains() -> None:
 
 def test_threshold_on_calibrated_scores_hits_the_target_rate_in_every_tenth() -> None:
     rows = _healthy_rows(np.random.default_rng(1), 5000)
-    threshold, reference, summary = threshold_from_rows(rows, 0.05, with_reference=True, strict=True)
+    threshold, reference, summary = threshold_from_rows(rows, METHOD, 0.05, with_reference=True, strict=True)
     assert reference is not None and summary["validation_fpr"] == pytest.approx(0.05, abs=0.002)
     z = calibrated_rows(rows[:, 1], rows[:, 0].astype(int), reference, "probability")
     per_bin = [float((z[rows[:, 0] == b] >= threshold).mean()) for b in range(BINS)]
     assert max(per_bin) < 0.12 and min(per_bin) > 0.01, per_bin
     # Thresholding the raw probability instead flags almost only the ends of the brain.
-    raw_threshold, none, _ = threshold_from_rows(rows, 0.05, with_reference=False, strict=True)
+    raw_threshold, none, _ = threshold_from_rows(rows, METHOD, 0.05, with_reference=False, strict=True)
     assert none is None
     raw_mid = float((rows[rows[:, 0] == 4, 1] >= raw_threshold).mean())
     assert raw_mid < 0.01
@@ -74,19 +80,19 @@ def test_threshold_on_calibrated_scores_hits_the_target_rate_in_every_tenth() ->
 def test_too_few_healthy_slices_is_one_clear_error() -> None:
     rows = _healthy_rows(np.random.default_rng(2), 150)
     with pytest.raises(MAEAnomalyError, match="at least 1000 are needed"):
-        threshold_from_rows(rows, 0.01, with_reference=True, strict=True)
+        threshold_from_rows(rows, METHOD, 0.01, with_reference=True, strict=True)
     sparse = rows[rows[:, 0] != 3]
     with pytest.raises(MAEAnomalyError, match="every tenth of the brain needs"):
-        threshold_from_rows(sparse, 0.1, with_reference=True, strict=True)
+        threshold_from_rows(sparse, METHOD, 0.1, with_reference=True, strict=True)
     # Training keeps going on the raw probability and says why.
-    threshold, reference, summary = threshold_from_rows(sparse, 0.1, with_reference=True, strict=False)
+    threshold, reference, summary = threshold_from_rows(sparse, METHOD, 0.1, with_reference=True, strict=False)
     assert reference is None and summary["position_reference"].startswith("not built")
     assert 0 <= threshold <= 1
 
 
 def test_calibrated_is_zero_off_the_foreground() -> None:
     rows = _healthy_rows(np.random.default_rng(3))
-    reference = reference_from_rows(rows[:, 0], {"probability": rows[:, 1], "mae_l1": rows[:, 2]})
+    reference = reference_from_rows(rows[:, 0], {"probability": rows[:, 1], "mae_l1": rows[:, 2]}, TRANSFORMS)
     fraction = np.array([0, 0.2, 0.4, 0.2, 0])
     out = calibrated(np.array([0.9, 0.5, 0.5, 0.5, 0.9]), fraction, reference, "probability")
     assert out[0] == 0 and out[4] == 0 and out[1] == pytest.approx(out[3] + 0, abs=10)

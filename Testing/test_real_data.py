@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from MAEAnomalyLib.core.config import preset
 from MAEAnomalyLib.data.preprocessing import prepare
+from MAEAnomalyLib.methods.model_config import preset
 
 DATA = Path(os.environ.get("MAEANOMALY_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"))
 pytestmark = pytest.mark.skipif(not (DATA / "brats2015").is_dir(), reason=f"no real data at {DATA}")

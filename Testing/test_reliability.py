@@ -207,11 +207,11 @@ def test_sigkill_at_any_moment_leaves_a_whole_checkpoint(tmp_path: Path) -> None
 
 def test_scores_do_not_depend_on_the_batch_size(untrained_model_dir: Path) -> None:
     """Each slice's random masks come from the seed and the slice alone, so batching never changes a result."""
-    from MAEAnomalyLib.core.model_io import load_model
+    from MAEAnomalyLib.methods.model import load_model
     from MAEAnomalyLib.scoring.scores import score_image
 
     model = load_model(untrained_model_dir)
-    model.config.train.score_reconstructions = 2  # several reconstructions share a batch too
+    model.config.settings.score_reconstructions = 2  # several reconstructions share a batch too
     subject = make_subject(4, lesion=True)
     tables = [score_image(model, subject.image, subject.brain_mask, batch_size=b).table for b in (2, 7, 64)]
     for other in tables[1:]:
@@ -221,9 +221,9 @@ def test_scores_do_not_depend_on_the_batch_size(untrained_model_dir: Path) -> No
 
 
 def test_outputs_and_cache_entries_follow_the_users_umask(tmp_path: Path) -> None:
-    from MAEAnomalyLib.core.config import preset
-    from MAEAnomalyLib.core.model_io import AnomalyModel, save_model
     from MAEAnomalyLib.data.slice_cache import SliceCache
+    from MAEAnomalyLib.methods.model import AnomalyModel, save_model
+    from MAEAnomalyLib.methods.model_config import preset
 
     subject = make_subject(5)
     image = subject.write(tmp_path / "data", "head")[0]

@@ -11,13 +11,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 import SimpleITK as sitk
+from test_model_io import as_format_1
 
 from MAEAnomalyLib.cli.main import main as cli_main
-from MAEAnomalyLib.core.config import ModelConfig, PreprocessConfig, SegmentationConfig, apply_overrides, preset
+from MAEAnomalyLib.core.config import PreprocessConfig, SegmentationConfig
 from MAEAnomalyLib.core.errors import MAEAnomalyError
 from MAEAnomalyLib.data.io import from_canonical, to_canonical
 from MAEAnomalyLib.data.preprocessing import prepare_image
 from MAEAnomalyLib.data.synthetic import make_subject
+from MAEAnomalyLib.methods.model_config import ModelConfig, apply_overrides, preset
 from MAEAnomalyLib.scoring.cohort_table import RECORDS
 from MAEAnomalyLib.scoring.segmentation import read_components_csv, segment
 
@@ -94,7 +96,8 @@ def _model_with(tmp_path: Path, source: Path, voxel_threshold: float | None) -> 
     model = tmp_path / "model"
     shutil.copytree(source, model)
     config = json.loads((model / "config.json").read_text())
-    if voxel_threshold is None:  # as written before voxel calibration existed
+    if voxel_threshold is None:  # as written before voxel calibration existed: format 1, no voxel threshold
+        config = as_format_1(config)
         config.pop("voxel_threshold", None)
         config.pop("segmentation", None)
     else:
@@ -136,19 +139,26 @@ def test_a_model_without_voxel_threshold_still_scores_and_says_so(tmp_path, untr
 
 def test_segmentation_settings_are_checked_and_old_configs_load(untrained_model_dir):
     data = json.loads((untrained_model_dir / "config.json").read_text())
-    data.pop("segmentation", None)
-    data.pop("voxel_threshold", None)
-    old = ModelConfig.from_dict(data)
+    # Models saved before voxel calibration are format 1 (the flat layout; spread_floor in segmentation).
+    flat = as_format_1(data)
+    flat.pop("segmentation", None)
+    flat.pop("voxel_threshold", None)
+    old = ModelConfig.from_dict(flat)
     # Saved before smoothing and the spread existed: its maps were per voxel and undivided, and stay so.
     assert old.voxel_threshold is None
-    assert old.segmentation == SegmentationConfig(smoothing_mm=0.0, spread_floor=0.0)
+    assert old.segmentation == SegmentationConfig(smoothing_mm=0.0) and old.settings.spread_floor == 0.0
     # Saved with smoothing but before the spread (the brain-t1 of c55ef96 to 08f90e6): undivided.
-    smoothed = ModelConfig.from_dict({**data, "segmentation": {"smoothing_mm": 6.0}})
-    assert smoothed.segmentation == SegmentationConfig(smoothing_mm=6.0, spread_floor=0.0)
-    assert (ModelConfig().segmentation.smoothing_mm, ModelConfig().segmentation.spread_floor) == (8.0, 0.05)
-    for name in ("smoothing_mm", "spread_floor"):
-        with pytest.raises(ValueError, match=rf"segmentation\.{name}"):
-            ModelConfig.from_dict({**data, "segmentation": {name: -1.0}})
+    smoothed = ModelConfig.from_dict({**flat, "segmentation": {"smoothing_mm": 6.0}})
+    assert smoothed.segmentation == SegmentationConfig(smoothing_mm=6.0) and smoothed.settings.spread_floor == 0.0
+    assert (ModelConfig().segmentation.smoothing_mm, ModelConfig().settings.spread_floor) == (8.0, 0.05)
+    for base in (data, flat):
+        with pytest.raises(ValueError, match=r"segmentation\.smoothing_mm is -1\.0"):
+            ModelConfig.from_dict({**base, "segmentation": {"smoothing_mm": -1.0}})
+    with pytest.raises(ValueError, match=r"mae_classifier\.spread_floor is -1\.0"):
+        ModelConfig.from_dict({**data, "mae_classifier": {**data["mae_classifier"], "spread_floor": -1.0}})
+    # Format 1's segmentation.spread_floor is the method's setting now, and named so.
+    with pytest.raises(ValueError, match=r"mae_classifier\.spread_floor is -1\.0"):
+        ModelConfig.from_dict({**flat, "segmentation": {"spread_floor": -1.0}})
     with pytest.raises(ValueError, match="voxel_threshold"):
         ModelConfig.from_dict({**data, "voxel_threshold": -1.0})
     with pytest.raises(ValueError, match=r"segmentation\.median_radius"):

@@ -14,9 +14,9 @@ import pytest
 import torch
 from safetensors import safe_open
 
-from MAEAnomalyLib.core.model_io import STORAGE_DTYPES, WEIGHT_NAMES, load_model
 from MAEAnomalyLib.core.shipped import DEFAULT_MODEL, models_dir, resolve_model, shipped_models
 from MAEAnomalyLib.data.synthetic import make_subject
+from MAEAnomalyLib.methods.model import STORAGE_DTYPES, load_model
 from MAEAnomalyLib.scoring.scores import score_image
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -53,7 +53,7 @@ def test_the_shipped_model_scores_a_generated_volume() -> None:
 def test_the_shipped_weights_are_stored_as_models_readme_says_and_load_as_float32() -> None:
     model_dir = resolve_model(None)
     stored = set()
-    for name in WEIGHT_NAMES:
+    for name in ("mae", "classifier"):
         with safe_open(str(model_dir / f"{name}.safetensors"), framework="pt") as weights:
             stored |= {weights.get_slice(key).get_dtype() for key in weights.keys()}  # noqa: SIM118
     names = {"F32": "float32", "F16": "float16", "BF16": "bfloat16"}

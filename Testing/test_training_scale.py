@@ -18,15 +18,16 @@ import SimpleITK as sitk
 import torch
 from safetensors.torch import load_file
 
-from MAEAnomalyLib.core.config import ModelConfig, preset
 from MAEAnomalyLib.core.errors import MAEAnomalyError
-from MAEAnomalyLib.core.model_io import AnomalyModel, load_model
 from MAEAnomalyLib.data.inputs import expand_paths
 from MAEAnomalyLib.data.preprocessing import prepare
 from MAEAnomalyLib.data.slice_cache import SliceCache, SliceRows
 from MAEAnomalyLib.data.synthetic import make_subject, write_cohort
 from MAEAnomalyLib.engine.checkpoint import load_state
+from MAEAnomalyLib.methods.model import AnomalyModel, load_model
+from MAEAnomalyLib.methods.model_config import ModelConfig, preset
 from MAEAnomalyLib.training import RunOptions, train
+from MAEAnomalyLib.training.pipeline import WORK_DIR
 
 pytestmark = pytest.mark.slow  # trains models or drives a real MRML scene end to end
 
@@ -40,8 +41,8 @@ SETTINGS = ["--preset", "tiny", "--set", "preprocess.image_size=32", "--batch-si
 def small_config() -> ModelConfig:
     cfg = preset("tiny")
     cfg.preprocess.image_size = 32
-    cfg.train.batch_size, cfg.train.mae_epochs, cfg.train.classifier_epochs = 8, 3, 2
-    cfg.train.classifier_batch_size = 8  # as --batch-size sets both stages
+    cfg.train.batch_size, cfg.settings.mae_epochs, cfg.settings.classifier_epochs = 8, 3, 2
+    cfg.settings.classifier_batch_size = 8  # as --batch-size sets both stages
     return cfg
 
 
@@ -146,7 +147,7 @@ def test_two_processes_train_one_model(volumes: tuple[Path, Path], reference: Pa
     # rank 1 without a share, so the weighting of unequal and of empty shares is exercised.
     n = load_model(reference).config.training_summary["train_slices"]
     cfg = small_config()
-    cfg.train.batch_size = cfg.train.classifier_batch_size = n - 1
+    cfg.train.batch_size = cfg.settings.classifier_batch_size = n - 1
     images, masks = expand_paths([str(volumes[0])]), expand_paths([str(volumes[1])])
     train(images, tmp_path / "single", cfg, torch.device("cpu"), masks, log=lambda _: None, show_progress=False)
     out = tmp_path / "ddp"
@@ -222,12 +223,12 @@ def test_sigterm_then_resume_gives_the_same_weights(volumes: tuple[Path, Path], 
     for name in a:
         assert all(torch.equal(a[name][k], b[name][k]) for k in a[name]), name
     assert load_model(out).config.threshold == load_model(reference).config.threshold
-    assert not (out / "reconstructions").exists()
+    assert not (out / WORK_DIR).exists() and not (out / "reconstructions").exists()
 
 
 def test_time_budget_stops_with_a_usable_model(volumes: tuple[Path, Path], tmp_path: Path) -> None:
     cfg = small_config()
-    cfg.train.mae_epochs, cfg.train.classifier_epochs = 200, 200
+    cfg.settings.mae_epochs, cfg.settings.classifier_epochs = 200, 200
     images, masks = expand_paths([str(volumes[0])]), expand_paths([str(volumes[1])])
     started = time.monotonic()
     train(images, tmp_path / "m", cfg, torch.device("cpu"), masks, log=lambda _: None, show_progress=False,

@@ -13,29 +13,33 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from MAEAnomalyLib.cli.main import main
-from MAEAnomalyLib.core.config import PRESETS, preset
 from MAEAnomalyLib.core.errors import MAEAnomalyError
-from MAEAnomalyLib.core.model_io import load_model
+from MAEAnomalyLib.methods.model import load_model
+from MAEAnomalyLib.methods.model_config import PRESETS, preset
 
 
 def edited(model_dir: Path, tmp_path: Path, section: str | None, name: str, value: object) -> Path:
+    """A copy of the model with ``section.name`` (a dotted section, e.g. ``mae_classifier.mae``) set to ``value``."""
     copy = tmp_path / "model"
     shutil.copytree(model_dir, copy)
     data = json.loads((copy / "config.json").read_text())
-    (data[section] if section else data)[name] = value
+    target = data
+    for part in section.split(".") if section else ():
+        target = target[part]
+    target[name] = value
     (copy / "config.json").write_text(json.dumps(data))
     return copy
 
 
 @pytest.mark.parametrize(("section", "name", "value", "words"), [
-    ("mae", "depth", 10_000, "mae.depth is 10000; it must be at least 1 and below 129"),
-    ("mae", "embed_dim", 8190, "billion parameters, more than 10 times the largest preset"),
-    ("train", "reconstruction_passes", 0, "train.reconstruction_passes is 0"),
+    ("mae_classifier.mae", "depth", 10_000, "mae_classifier.mae.depth is 10000; it must be at least 1 and below 129"),
+    ("mae_classifier.mae", "embed_dim", 8190, "billion parameters, more than 10 times the largest preset"),
+    ("mae_classifier", "reconstruction_passes", 0, "mae_classifier.reconstruction_passes is 0"),
     (None, "threshold", -0.5, "threshold is -0.5; it must be a probability"),
     (None, "threshold", float("nan"), "threshold is nan"),
-    ("mae", "mask_ratio", 1.0, "mae.mask_ratio is 1.0"),
+    ("mae_classifier.mae", "mask_ratio", 1.0, "mae_classifier.mae.mask_ratio is 1.0"),
     ("preprocess", "lower_percentile", 99.9, "lower_percentile (99.9) must be below upper_percentile"),
-    ("mae", "depth", "12", "mae.depth is '12'; it must be an integer"),
+    ("mae_classifier.mae", "depth", "12", "mae_classifier.mae.depth is '12'; it must be an integer"),
     ("preprocess", "image_size", 60, "must be a multiple of mae.patch_size"),
 ])
 def test_hostile_configs_are_refused_before_anything_is_built(untrained_model_dir: Path, tmp_path: Path,
@@ -67,9 +71,11 @@ def test_every_preset_passes_its_own_checks() -> None:
 
 
 @pytest.mark.parametrize(("flags", "words"), [
-    (["--batch-size", "-4"], "train.batch_size is -4"),
-    (["--mae-epochs", "-1"], "train.mae_epochs is -1"),
-    (["--classifier-epochs", "0"], "train.classifier_epochs is 0"),
+    # The short forms are --set's: their errors name the setting they set.
+    (["--batch-size", "-4"], "train.batch_size=-4: must be at least 1 and below 1000001"),
+    (["--mae-epochs", "-1"], "mae_classifier.mae_epochs=-1: must be at least 0 and below 1000001"),
+    (["--classifier-epochs", "0"], "mae_classifier.classifier_epochs=0: must be at least 1 and below 1000001"),
+    (["--set", "calibration.target_fpr=2"], "must be at least 1e-06 and below 1"),
     (["--set", "train.target_fpr=2"], "must be at least 1e-06 and below 1"),
     (["--set", "preprocess.image_size=7"], "must be at least 8 and below 4097"),
     (["--set", "preprocess.image_size=60"], "must be a multiple of mae.patch_size"),

@@ -17,12 +17,12 @@ import SimpleITK as sitk
 
 from MAEAnomalyLib.calibration.voxel_threshold import VoxelCalibration
 from MAEAnomalyLib.cli.main import main as cli_main
-from MAEAnomalyLib.core.model_io import load_model
 from MAEAnomalyLib.core.runtime import resolve_device
 from MAEAnomalyLib.data.io import read_volume, to_canonical
 from MAEAnomalyLib.data.preprocessing import prepare
 from MAEAnomalyLib.data.synthetic import write_cohort
 from MAEAnomalyLib.engine.distributed import Dist
+from MAEAnomalyLib.methods.model import load_model
 from MAEAnomalyLib.scoring.scores import score_prepared
 from MAEAnomalyLib.scoring.voxel_maps import voxel_maps
 
@@ -37,14 +37,15 @@ def calibrated(small_cohort, untrained_model_dir, tmp_path_factory):
     """The untrained model with voxel thresholds calibrated on the two healthy volumes, as training does."""
     model = load_model(untrained_model_dir)
     cfg = model.config
-    calibration = VoxelCalibration(cfg)
+    calibration = VoxelCalibration(cfg.segmentation)
     healthy_maps = []
     for image, mask, _ in small_cohort[0]:
-        prepared = prepare(image, cfg.preprocess, mask, min_pixels=cfg.mae.patch_size)
+        prepared = prepare(image, cfg.preprocess, mask, min_pixels=cfg.settings.mae.patch_size)
         result = score_prepared(model, prepared, resolve_device("cpu"))
         usable = result.table["skipped"] == 0
-        calibration.add(result, usable)
-        healthy_maps.append((voxel_maps(result, cfg.preprocess), prepared.foreground_input))
+        maps = voxel_maps(result, cfg.preprocess)
+        calibration.add(maps, result.prepared.foreground_input, usable)
+        healthy_maps.append((maps, prepared.foreground_input))
     found = calibration.thresholds(Dist())
     out = tmp_path_factory.mktemp("calibrated") / "model"
     shutil.copytree(untrained_model_dir, out)

@@ -11,11 +11,12 @@ import SimpleITK as sitk
 import torch
 
 from MAEAnomalyLib.core.config import PreprocessConfig
-from MAEAnomalyLib.core.model_io import load_model
 from MAEAnomalyLib.data.io import to_canonical
 from MAEAnomalyLib.data.preprocessing import prepare_image
 from MAEAnomalyLib.data.synthetic import make_subject
-from MAEAnomalyLib.scoring.scores import anomaly_map, difference_image, score_prepared, smoothed_in_foreground
+from MAEAnomalyLib.methods.mae_classifier.scorer import anomaly_map
+from MAEAnomalyLib.methods.model import load_model
+from MAEAnomalyLib.scoring.scores import difference_image, score_prepared, smoothed_in_foreground
 
 
 def _ball(shape: tuple[int, int, int], centre: np.ndarray, radius_mm: float, spacing_zyx: np.ndarray) -> np.ndarray:
@@ -85,12 +86,13 @@ def test_the_spread_floor_changes_the_map_and_no_slice_score(untrained_model_dir
     prepared = prepare_image(subject.image, model.config.preprocess, subject.brain_mask)
     results = {}
     for floor in (0.0, 0.05):
-        model.config.segmentation.spread_floor = floor
+        model.config.settings.spread_floor = floor
         results[floor] = score_prepared(model, prepared, torch.device("cpu"))
     plain, divided = results[0.0], results[0.05]
     for column, values in plain.table.items():
         np.testing.assert_array_equal(values, divided.table[column], err_msg=column)
-    assert torch.equal(plain.difference_slices, divided.difference_slices)
-    assert (divided.spread_slices[~prepared.foreground] == 0).all() and divided.spread_slices.max() > 0
+    assert torch.equal(plain.extras["difference"], divided.extras["difference"])
+    spread = divided.extras["spread"]
+    assert (spread[~prepared.foreground] == 0).all() and spread.max() > 0
     a, b = (sitk.GetArrayFromImage(r.difference) for r in (plain, divided))
     assert a.shape == b.shape and not np.allclose(a, b)

@@ -36,8 +36,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from speed import generated_volume, load_average, machine, print_table
 
-from MAEAnomalyLib.core.config import PRESETS, preset
-from MAEAnomalyLib.core.model_io import AnomalyModel, save_model
+from MAEAnomalyLib.methods.model import AnomalyModel, save_model
+from MAEAnomalyLib.methods.model_config import PRESETS, preset
 from MAEAnomalyLib.scoring.cohort import CohortOptions, score_cohort
 
 

@@ -25,10 +25,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from MAEAnomalyLib.core.model_io import compact_weights, load_model
 from MAEAnomalyLib.data.preprocessing import prepare
 from MAEAnomalyLib.evaluation.voxels import stored_thresholds
-from MAEAnomalyLib.scoring.scores import score_prepared
+from MAEAnomalyLib.methods.model import compact_weights, load_model
+from MAEAnomalyLib.scoring.scores import min_pixels, score_prepared
 from MAEAnomalyLib.scoring.segmentation import label_components
 from MAEAnomalyLib.scoring.voxel_maps import voxel_maps, voxel_mm3
 
@@ -78,8 +78,7 @@ def main() -> int:
     torch.set_num_threads(args.threads)
     device = torch.device("cpu")
     reference = load_model(args.model)
-    nets = (reference.mae, reference.classifier)
-    if any(p.dtype != torch.float32 for net in nets for p in net.state_dict().values()):
+    if any(p.dtype != torch.float32 for net in reference.networks.values() for p in net.state_dict().values()):
         raise SystemExit("the reference model must be float32")
     dtypes = [d for d in args.dtypes.split(",") if d]
     tmp = Path(tempfile.mkdtemp(prefix="compact_weights_"))
@@ -96,7 +95,7 @@ def main() -> int:
     seconds = dict.fromkeys(["float32", *dtypes], 0.0)
     start_all = time.perf_counter()
     for name, image, mask in volumes(data, args.ixi):
-        prepared = prepare(image, cfg.preprocess, mask, min_pixels=cfg.mae.patch_size)
+        prepared = prepare(image, cfg.preprocess, mask, min_pixels=min_pixels(cfg))
         start = time.perf_counter()
         ref = score_prepared(reference, prepared, device)
         seconds["float32"] += time.perf_counter() - start

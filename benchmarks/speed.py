@@ -40,19 +40,21 @@ from torch.utils.flop_counter import FlopCounterMode
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
-from MAEAnomalyLib.core.config import PRESETS, ModelConfig, preset
-from MAEAnomalyLib.core.model_io import AnomalyModel
 from MAEAnomalyLib.data.io import read_mask, read_volume, to_canonical
 from MAEAnomalyLib.data.preprocessing import PreparedVolume, prepare_image
 from MAEAnomalyLib.data.slice_cache import SliceCache, SliceRows
 from MAEAnomalyLib.data.synthetic import make_subject
 from MAEAnomalyLib.engine.distributed import Dist, StopControl
-from MAEAnomalyLib.engine.loop import Progress, Run, RunOptions, make_loader, make_optimizer, optimisation_step
-from MAEAnomalyLib.engine.samples import EpochBatches
+from MAEAnomalyLib.engine.loop import Progress, Run, RunOptions, make_loader
+from MAEAnomalyLib.engine.samples import EpochBatches, batches_per_epoch
+from MAEAnomalyLib.methods.mae_classifier import scorer as mae_scorer
 from MAEAnomalyLib.methods.mae_classifier.classifier import anomaly_probability
 from MAEAnomalyLib.methods.mae_classifier.reconstruction import reconstruct
 from MAEAnomalyLib.methods.mae_classifier.stages import ClassifierStage, MAEStage
+from MAEAnomalyLib.methods.model import AnomalyModel
+from MAEAnomalyLib.methods.model_config import PRESETS, ModelConfig, preset
 from MAEAnomalyLib.scoring import scores as scoring
+from MAEAnomalyLib.scoring.scores import min_pixels
 
 VOLUME_SHAPE = (155, 240, 240)  # (Z, Y, X), the BraTS grid
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
@@ -82,13 +84,14 @@ def precision(device: torch.device, dtype: str) -> PrecisionFn:
 
 @contextlib.contextmanager
 def scoring_precision(fn: PrecisionFn) -> Iterator[None]:
-    """Makes ``score_prepared`` use ``fn`` in place of ``runtime.autocast`` (restored afterwards)."""
-    saved = scoring.autocast
-    scoring.autocast = lambda device: fn()
+    """Makes the method's scorer (what ``score_prepared`` calls) use ``fn`` in place of ``runtime.autocast``
+    (restored afterwards)."""
+    saved = mae_scorer.autocast
+    mae_scorer.autocast = lambda device: fn()
     try:
         yield
     finally:
-        scoring.autocast = saved
+        mae_scorer.autocast = saved
 
 
 def sync(device: torch.device) -> None:
@@ -250,8 +253,8 @@ def write_volume(args: argparse.Namespace, directory: Path) -> tuple[str, Path, 
 def reference_loop(model: AnomalyModel, images: torch.Tensor, passes: int, samples: int, device: torch.device,
                    fn: PrecisionFn) -> None:
     """Scores slice by slice, batch 1, the masked passes one after another (the reference code's way),
-    with as many reconstructions per slice as the preset scores (``train.score_reconstructions``)."""
-    generator = torch.Generator().manual_seed(scoring.SCORING_SEED)
+    with as many reconstructions per slice as the preset scores (``mae_classifier.score_reconstructions``)."""
+    generator = torch.Generator().manual_seed(mae_scorer.SCORING_SEED)
     with torch.inference_mode(), fn():
         for k in range(images.shape[0]):
             image = images[k:k + 1].to(device)
@@ -268,7 +271,7 @@ def bench_scoring(cfg: ModelConfig, volume: Volume, dtype: str, args: argparse.N
     n = total if args.slices <= 0 else min(args.slices, total)
 
     def prepare(image: sitk.Image, mask: sitk.Image | None) -> PreparedVolume:
-        return prepare_image(image, cfg.preprocess, mask, min_pixels=cfg.mae.patch_size)
+        return prepare_image(image, cfg.preprocess, mask, min_pixels=min_pixels(cfg))
 
     t_prep = best(lambda: prepare(volume.image, volume.mask), device, args.repeats).wall
     model = AnomalyModel.from_config(cfg).eval().to(device)
@@ -294,7 +297,7 @@ def bench_scoring(cfg: ModelConfig, volume: Volume, dtype: str, args: argparse.N
     peak_host, peak_gpu = peak_memory_gb(device)
     n_ref = min(n, args.reference_slices)
     ref_images = main.slices[np.flatnonzero(main.foreground_fraction > 0)[:n_ref]]
-    passes, samples = cfg.train.reconstruction_passes, cfg.train.score_reconstructions
+    passes, samples = cfg.settings.reconstruction_passes, cfg.settings.score_reconstructions
     reference_loop(model, ref_images[:1], passes, samples, device, fn)  # warm-up
     ref = best(lambda: reference_loop(model, ref_images, passes, samples, device, fn), device, args.repeats)
     mm = mm + matmul_rate(device, DTYPES[dtype])
@@ -304,7 +307,7 @@ def bench_scoring(cfg: ModelConfig, volume: Volume, dtype: str, args: argparse.N
     per_slice = t_main / n
     cpu_speed_up = (ref.cpu / n_ref) / (main_timing.cpu / n) if device.type == "cpu" else float("nan")
     return {
-        "preset": cfg.preset, "dtype": dtype, "recons": cfg.train.score_reconstructions,
+        "preset": cfg.preset, "dtype": dtype, "recons": cfg.settings.score_reconstructions,
         "timed slices": f"{n}/{total}" + ("" if n == total else " *"),
         "slices/s": n / t_main, "prep s": t_prep, "s/volume": t_prep + per_slice * total,
         "peak RSS GB": peak_host, **({"peak GPU GB": peak_gpu} if device.type == "cuda" else {}),
@@ -322,13 +325,13 @@ def bench_scoring(cfg: ModelConfig, volume: Volume, dtype: str, args: argparse.N
 def bench_training(cfg: ModelConfig, volume: Volume, dtype: str, args: argparse.Namespace,
                    device: torch.device) -> list[dict[str, object]]:
     """Images per second of one optimisation step of each stage (forward, backward, AdamW, schedule),
-    timed through the training code itself: ``training.loop.optimisation_step`` on the batches the
-    stages' own datasets make (for the classifier: negatives and pseudo-abnormal positives)."""
+    timed through the training code itself: each stage's own optimisers and step (``engine.loop.Stage``) on
+    the batches the stages' own datasets make (for the classifier: negatives and pseudo-abnormal positives)."""
     tc, fn = cfg.train, precision(device, dtype)
     batch = args.train_batch or tc.batch_size
     if args.train_batch is None and device.type == "cpu":
         batch = min(batch, CPU_TRAIN_BATCH.get(cfg.preset, batch))
-    tc.batch_size = tc.classifier_batch_size = batch
+    tc.batch_size = cfg.settings.classifier_batch_size = batch
     model = AnomalyModel.from_config(cfg)
     rows_out = []
     with tempfile.TemporaryDirectory(prefix="maeanomaly-speed-train-") as tmp:
@@ -338,7 +341,7 @@ def bench_training(cfg: ModelConfig, volume: Volume, dtype: str, args: argparse.
         if mask is not None:
             sitk.WriteImage(mask, f"{tmp}/mask.nrrd")
             paths = (paths[0], Path(f"{tmp}/mask.nrrd"))
-        cache = SliceCache(Path(tmp) / "cache", cfg.preprocess, cfg.mae.patch_size)
+        cache = SliceCache(Path(tmp) / "cache", cfg.preprocess, min_pixels(cfg))
         rows = SliceRows([cache.ensure(cache.key(*paths), *paths)], 0.0)
         dist = Dist(device=device)
         run = Run(dist, StopControl(dist), RunOptions(), len(rows), tc.warmup_fraction, tc.seed,
@@ -350,13 +353,13 @@ def bench_training(cfg: ModelConfig, volume: Volume, dtype: str, args: argparse.
                            2 * batch))
         for name, stage, per_step in stages:
             net = stage.net.to(device).train()
-            opt, sched = make_optimizer(net, stage, run)
+            opts = stage.optimizers(net, stage.epochs * batches_per_epoch(len(rows), stage.batch))
             sampler = EpochBatches(len(rows), stage.batch, tc.seed, stage.name, stage.epochs, (0, 0), dist.rows)
             (step, _), data = next(sampler.steps()), next(iter(make_loader(stage.data, sampler, 0, device)))
 
-            def one_step(stage=stage, net=net, data=data, step=step, opt=opt, sched=sched) -> None:
+            def one_step(stage=stage, net=net, data=data, step=step, opts=opts) -> None:
                 with fn():
-                    optimisation_step(stage, net, data, step, opt, sched)
+                    stage.step(net, data, step, opts)  # forward, backward, optimiser step and schedule
 
             mm = matmul_rate(device, DTYPES[dtype])
             flops = count_flops(one_step)  # also the first, warm-up step

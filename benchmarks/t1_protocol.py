@@ -39,18 +39,18 @@ def ixi_split(data: Path) -> tuple[list[Path], list[Path], list[Path], list[Path
 def unseen_fpr(model_dir: Path, images: list[Path], masks: list[Path], device_name: str) -> dict:
     """The share of brain slices of unseen healthy volumes flagged at the model's threshold, and the
     brain volume each one's voxel maps call anomalous."""
-    from MAEAnomalyLib.core.model_io import load_model
     from MAEAnomalyLib.core.runtime import resolve_device
     from MAEAnomalyLib.data.preprocessing import prepare
     from MAEAnomalyLib.evaluation.voxels import CohortVoxels
-    from MAEAnomalyLib.scoring.scores import score_prepared
+    from MAEAnomalyLib.methods.model import load_model
+    from MAEAnomalyLib.scoring.scores import min_pixels, score_prepared
 
     model = load_model(model_dir)
     device = resolve_device(device_name)
     voxels = CohortVoxels(model.config)  # as `evaluate` counts them; on healthy volumes, false positives only
     flagged, total, per_volume, volumes_flagged = 0, 0, [], 0
     for image, mask in zip(images, masks, strict=True):
-        prepared = prepare(image, model.config.preprocess, mask, min_pixels=model.config.mae.patch_size)
+        prepared = prepare(image, model.config.preprocess, mask, min_pixels=min_pixels(model.config))
         result = score_prepared(model.to(device), prepared, device)
         voxels.add_lesion(result, np.zeros(prepared.foreground_input.shape, dtype=bool))
         table = result.table
@@ -62,7 +62,7 @@ def unseen_fpr(model_dir: Path, images: list[Path], masks: list[Path], device_na
     return {"unseen_volumes": len(images), "slices": total, "flagged_slices": flagged,
             "false_positive_rate": flagged / max(1, total), "per_volume": per_volume,
             "volumes_with_a_flagged_slice": volumes_flagged,
-            "target_fpr": model.config.train.target_fpr,
+            "target_fpr": model.config.calibration.target_fpr,
             "voxel_false_positive_ml": {row: [round(v, 2) for v in m.false_positive_ml]
                                         for row, m in voxels.evaluation.maps.items() if m.threshold is not None},
             "voxel_target_fpr": model.config.segmentation.target_fpr}

@@ -39,8 +39,8 @@ def write_volumes(work: Path, n: int, shape: tuple[int, int, int]) -> list[tuple
 def untrained_model(work: Path) -> Path:
     import torch
 
-    from MAEAnomalyLib.core.config import preset
-    from MAEAnomalyLib.core.model_io import AnomalyModel, save_model
+    from MAEAnomalyLib.methods.model import AnomalyModel, save_model
+    from MAEAnomalyLib.methods.model_config import preset
 
     out = work / "untrained_tiny"
     if not (out / "config.json").exists():

@@ -20,13 +20,14 @@ import sys
 import numpy as np
 import SimpleITK as sitk
 
-from MAEAnomalyLib.core.model_io import load_model
+from MAEAnomalyLib.calibration.histogram import VoxelHistogram
+from MAEAnomalyLib.calibration.voxel_threshold import median_filtered
 from MAEAnomalyLib.core.runtime import resolve_device
 from MAEAnomalyLib.data.io import read_mask, to_canonical
 from MAEAnomalyLib.data.preprocessing import prepare
-from MAEAnomalyLib.evaluation.voxel_metrics import VoxelHistogram
-from MAEAnomalyLib.scoring.scores import score_prepared
-from MAEAnomalyLib.scoring.segmentation import label_components, median_filtered
+from MAEAnomalyLib.methods.model import load_model
+from MAEAnomalyLib.scoring.scores import min_pixels, score_prepared
+from MAEAnomalyLib.scoring.segmentation import label_components
 from MAEAnomalyLib.scoring.voxel_maps import voxel_maps, voxel_mm3
 
 
@@ -35,7 +36,7 @@ def scored_maps(model, images: list[str], masks: list[str] | None, labels: list[
     cfg = model.config
     out = []
     for i, image in enumerate(images):
-        prepared = prepare(image, cfg.preprocess, masks[i] if masks else None, min_pixels=cfg.mae.patch_size)
+        prepared = prepare(image, cfg.preprocess, masks[i] if masks else None, min_pixels=min_pixels(cfg))
         result = score_prepared(model, prepared, resolve_device("cpu"))
         lesion = None
         if labels:

@@ -1,4 +1,4 @@
-"""How ``segmentation.spread_floor`` and ``smoothing_mm`` are chosen: on synthetic lesions implanted in
+"""How ``mae_classifier.spread_floor`` and ``smoothing_mm`` are chosen: on synthetic lesions implanted in
 unseen healthy volumes, never on a real anomaly.
 
     python benchmarks/voxel_smoothing.py ../shared/data [--model brain-t1] [--floors 0,0.02,0.05,0.1,0.2]
@@ -29,14 +29,16 @@ import SimpleITK as sitk
 from scipy.ndimage import binary_erosion, gaussian_filter
 
 from MAEAnomalyLib.calibration.voxel_threshold import VoxelCalibration
-from MAEAnomalyLib.core.model_io import load_model
 from MAEAnomalyLib.core.runtime import resolve_device
 from MAEAnomalyLib.core.shipped import resolve_model
 from MAEAnomalyLib.data.io import read_mask, read_volume, to_canonical
 from MAEAnomalyLib.data.preprocessing import prepare_image
 from MAEAnomalyLib.engine.distributed import Dist
 from MAEAnomalyLib.evaluation.voxels import CohortVoxels
-from MAEAnomalyLib.scoring.scores import VolumeScores, anomaly_map, difference_image, score_prepared
+from MAEAnomalyLib.methods.mae_classifier.scorer import anomaly_map
+from MAEAnomalyLib.methods.model import load_model
+from MAEAnomalyLib.scoring.scores import VolumeScores, difference_image, min_pixels, score_prepared
+from MAEAnomalyLib.scoring.voxel_maps import voxel_maps
 
 UNSEEN_FROM = 30  # as benchmarks/t1_protocol.py: the last 10 IXI volumes in sorted order are never trained on
 
@@ -78,8 +80,8 @@ def implant_lesions(image: sitk.Image, brain: sitk.Image, seed: int, kind: str) 
 
 def remapped(result: VolumeScores, floor: float, sigma: float) -> VolumeScores:
     """The scored volume with its map made at another spread floor and smoothing."""
-    slices = anomaly_map(result.difference_slices, result.spread_slices, floor)
-    return dataclasses.replace(result, difference=difference_image(slices, result.prepared, sigma))
+    slices = anomaly_map(result.extras["difference"], result.extras["spread"], floor)
+    return dataclasses.replace(result, difference=difference_image(slices, result.prepared, sigma), map_slices=slices)
 
 
 def main() -> int:
@@ -101,7 +103,7 @@ def main() -> int:
     unseen = sorted(ixi.glob("IXI*_T1.nii.gz"))[UNSEEN_FROM:]
 
     def score(image: sitk.Image, brain: sitk.Image, name: str) -> VolumeScores:
-        prepared = prepare_image(image, cfg.preprocess, brain, source=name, min_pixels=cfg.mae.patch_size)
+        prepared = prepare_image(image, cfg.preprocess, brain, source=name, min_pixels=min_pixels(cfg))
         return score_prepared(model, prepared, device)
 
     def brain_of(path: Path) -> tuple[sitk.Image, sitk.Image]:
@@ -125,10 +127,12 @@ def main() -> int:
     pairs = [(float(f), float(s)) for f in args.floors.split(",") for s in args.sigmas.split(",")]
     for floor, sigma in pairs:
         variant = copy.deepcopy(cfg)
-        variant.segmentation.spread_floor, variant.segmentation.smoothing_mm = floor, sigma
-        voxels = VoxelCalibration(variant)
+        variant.settings.spread_floor, variant.segmentation.smoothing_mm = floor, sigma
+        voxels = VoxelCalibration(variant.segmentation)
         for result in calibration:
-            voxels.add(remapped(result, floor, sigma), result.table["skipped"] == 0)
+            mapped = remapped(result, floor, sigma)
+            voxels.add(voxel_maps(mapped, cfg.preprocess), mapped.prepared.foreground_input,
+                       result.table["skipped"] == 0)
         variant.site_calibration = {"voxel_thresholds": voxels.thresholds(Dist())["voxel_thresholds"]}
         tests, negatives = CohortVoxels(variant), CohortVoxels(variant)
         by_kind = {kind: CohortVoxels(variant) for kind in ("blob", "ring")}

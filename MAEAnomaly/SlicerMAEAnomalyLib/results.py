@@ -13,6 +13,8 @@ import vtk
 from vtk.util import numpy_support
 
 from MAEAnomalyLib.core.errors import MAEAnomalyError
+from MAEAnomalyLib.methods import get as get_method
+from MAEAnomalyLib.methods import names as method_names
 from MAEAnomalyLib.scoring.table import INTEGER_COLUMNS
 
 from .volumes import vtk_image
@@ -26,23 +28,25 @@ THRESHOLD_ATTRIBUTE = "MAEAnomaly.Threshold"
 ROLE_SCORES, ROLE_DIFFERENCE, ROLE_BRAIN_MASK = "scores", "difference", "brainMask"
 ROLE_CHART, ROLE_SCORE_SERIES = "chart", "scoreSeries"
 ROLE_THRESHOLD_TABLE, ROLE_THRESHOLD_SERIES = "thresholdTable", "thresholdSeries"
+# The columns every method's table has, and each registered method's own (``Method.descriptions``).
 COLUMN_DESCRIPTIONS = {
     "slice_index": "Axial slice number, inferior first",
     "position_mm": "Superior (S) coordinate of the slice centre",
-    "score": "Anomaly probability from the classifier",
-    "mae_l1": "Mean absolute reconstruction error in the foreground",
-    "ssim": "Mean SSIM between slice and reconstruction in the foreground",
+    "score": "The thresholded anomaly score: the method's raw score, or with a position reference its z-score "
+             "against healthy slices at the same height in the brain",
     "intensity_p995": "99.5th percentile of normalised intensity (non-learned baseline)",
     "foreground_fraction": "Share of the slice inside the foreground mask",
+    "brain_position": "Height of the slice in the brain: 0 its lowest slice, 1 its highest",
     "abnormal": "1 where the score reaches the model's decision threshold",
     "skipped": "1 where the slice has no foreground and was not scored",
+    **{name: text for method in method_names() for name, text in get_method(method).descriptions.items()},
 }
 # Iron runs from red to yellow: even the weakest shown difference stands out in colour from the grey
 # anatomy (maps that start at black, like Inferno, would hide it). Slicer adds it to every scene.
 COLOR_NODE_ID = "vtkMRMLColorTableNodeIron"
 DEFAULT_OPACITY = 0.6
 # Just above the shipped model's voxel threshold (2.14, the value 1 % of held-out healthy brain voxels
-# reach), so healthy tissue stays mostly transparent. The map's unit: README, *Anomaly segmentation*.
+# reach), so healthy tissue stays mostly transparent. The map's unit: docs/outputs.md, *The anomaly map*.
 DEFAULT_DISPLAY_THRESHOLD = 2.2
 MAX_DISPLAY_THRESHOLD = 20.0
 

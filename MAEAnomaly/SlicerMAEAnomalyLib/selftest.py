@@ -61,7 +61,7 @@ class MAEAnomalyTest(ScriptedLoadableModuleTest):
             self.delayDisplay("Generating heads and training a very small model (about a minute)")
             healthy, lesioned = write_cohort(Path(tmp) / "data", healthy=4, lesioned=1, seed=0)
             cfg = preset("tiny")
-            cfg.train.mae_epochs, cfg.train.classifier_epochs = 3, 1
+            cfg.settings.mae_epochs, cfg.settings.classifier_epochs = 3, 1
             modelPath = Path(tmp) / "model"
             train([h[0] for h in healthy], modelPath, cfg, resolve_device("cpu"), masks=[h[1] for h in healthy],
                   log=logging.info, show_progress=False)

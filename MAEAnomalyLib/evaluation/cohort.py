@@ -245,8 +245,9 @@ def evaluate_cohort(model_dir: str | Path, images: Sequence, labels: Sequence, m
     from ..core.runtime import resolve_device
     from ..data.brain import prepare_volume
     from ..data.inputs import sources
+    from ..data.preprocessing import PreparedVolume
     from ..methods.model import load_model
-    from ..scoring.scores import min_pixels, score_prepared
+    from ..scoring.iterate import scored_volumes
     from .voxels import CohortVoxels
 
     volumes = sources(images, masks, labels)
@@ -255,14 +256,16 @@ def evaluate_cohort(model_dir: str | Path, images: Sequence, labels: Sequence, m
     model.to(device)
     tables, truth, areas = [], [], []
     voxels = CohortVoxels(model.config)
-    for image, mask, label in tqdm(volumes, desc="scoring volumes", unit="vol"):
-        prepared, _ = prepare_volume(image, model.config.preprocess, mask or brain_mask, label,
-                                     min_pixels(model.config), device)
-        result = score_prepared(model, prepared, device, batch_size)
+    def prepare_fn(image: Path, preprocess: object, mask: Path | None, label: Path | None, min_pixels: int
+                   ) -> PreparedVolume:
+        return prepare_volume(image, preprocess, mask or brain_mask, label, min_pixels, device)[0]
+
+    scored = scored_volumes(model, volumes, prepare_fn, device, batch_size)
+    for k, result in tqdm(scored, total=len(volumes), desc="scoring volumes", unit="vol"):
         tables.append(result.table)
-        voxels.add(result, label)
-        truth.append(prepared.labelled)
-        areas.append(prepared.labelled_area_mm2)
+        voxels.add(result, volumes[k][2])
+        truth.append(result.prepared.labelled)
+        areas.append(result.prepared.labelled_area_mm2)
     metrics = slice_metrics(tables, truth, areas, [str(path) for path in images])
     metrics["volumes"] = len(images)
     metrics["threshold"] = model.config.threshold

@@ -68,6 +68,8 @@ class Method:
     # ``engine.loop.train_stage`` (checkpoints, --resume, DDP and the time budget come with it)
     train: Callable[[AnomalyModel, TrainingData, Run, Progress, dict | None], None]
     scorer: Callable[[AnomalyModel, torch.device], Scorer]
+    # a line for each of its columns, shown in the Slicer table
+    descriptions: dict[str, str] = field(default_factory=dict)
     # the score of a slice without foreground, where it is not 0 (SSIM: 1, nothing differs)
     empty_scores: dict[str, float] = field(default_factory=dict)
     # (cfg, batch size) -> slices per scoring batch (a method that scores R copies of each slice takes fewer)

@@ -18,10 +18,10 @@ from ..data.digest import content_digest
 from ..data.inputs import Source
 from ..data.preprocessing import PreparedVolume, prepare
 from ..engine.distributed import Dist, StopControl
-from ..engine.loop import TrainingInterrupted, release_freed_memory
+from ..engine.loop import TrainingInterrupted
 from ..methods import get
 from ..methods.model import AnomalyModel
-from ..scoring.scores import min_pixels, score_prepared
+from ..scoring.iterate import scored_volumes
 from ..scoring.voxel_maps import voxel_maps
 
 # Healthy slices above the threshold at the target rate: fewer make the threshold one slice's score.
@@ -37,26 +37,23 @@ def healthy_rows(model: AnomalyModel, sources: Sequence[Source], dist: Dist, sto
     ``voxels`` collects the same volumes' foreground voxels for the voxel threshold."""
     cfg = model.config
     columns = list(get(cfg.method).positioned)
-    model.to(dist.device).eval()
-    local = []
-    for start in range(0, len(sources), dist.world):
-        if start + dist.rank < len(sources):
-            image, mask, labels = sources[start + dist.rank]
-            volume = prepare_fn(image, cfg.preprocess, mask, labels, min_pixels=min_pixels(cfg))
-            result = score_prepared(model, volume, dist.device)
-            table = result.table
-            usable = table["skipped"] == 0
-            if volume.labelled is not None:
-                usable &= ~volume.labelled
-            bins = position_bin(brain_position(table["foreground_fraction"]))
-            local.append(np.stack([bins, *(table[c] for c in columns)], axis=1)[usable])
-            if voxels is not None:
-                voxels.add(voxel_maps(result, cfg.preprocess), result.prepared.foreground_input, usable)
-            del volume, table, result
-            release_freed_memory()
+
+    def stop_agreed() -> None:
         if stop is not None and stop.poll() == StopControl.SIGNAL:
             raise TrainingInterrupted("stopped by SIGTERM during calibration (training itself is complete); "
                                       "--resume calibrates again")
+
+    local = []
+    for _, result in scored_volumes(model, sources, prepare_fn, dist.device, rank=dist.rank, world=dist.world,
+                                    after_round=stop_agreed):
+        table = result.table
+        usable = table["skipped"] == 0
+        if result.prepared.labelled is not None:
+            usable &= ~result.prepared.labelled
+        bins = position_bin(brain_position(table["foreground_fraction"]))
+        local.append(np.stack([bins, *(table[c] for c in columns)], axis=1)[usable])
+        if voxels is not None:
+            voxels.add(voxel_maps(result, cfg.preprocess), result.prepared.foreground_input, usable)
     rows = np.concatenate(local) if local else np.zeros((0, 1 + len(columns)))
     return np.concatenate([part.reshape(-1, 1 + len(columns)) for part in dist.gather(rows)])
 

@@ -67,6 +67,10 @@ METHOD = Method(
     columns=("probability", "mae_l1", "ssim"),
     # The probability saturates at 0 and 1 (logit); the MAE error is positive and skewed (log).
     positioned={"probability": "logit", "mae_l1": "log"},
+    descriptions={"probability": "Anomaly probability from the classifier (the raw score)",
+                  "mae_l1": "Mean absolute reconstruction error in the foreground",
+                  "mae_l1_position": "The reconstruction error's z-score against healthy slices at the same height",
+                  "ssim": "Mean SSIM between slice and reconstruction in the foreground"},
     empty_scores={"ssim": 1.0},
     networks=networks,
     train=train,
