@@ -47,7 +47,8 @@ def test_cache_keeps_the_foreground_mask(tmp_path: Path) -> None:
 def test_masked_input_is_zero_off_the_foreground(cached: tuple[ModelConfig, SliceRows, ReconStore]) -> None:
     cfg, rows, store = cached
     cfg.settings.classifier.masked_input, cfg.settings.pseudo_abnormal.in_foreground = True, True
-    samples = ClassifierSamples(rows, store, cfg.settings.pseudo_abnormal, cfg.settings.classifier, seed=0, purpose="t", hflip=False)
+    s = cfg.settings
+    samples = ClassifierSamples(rows, store, s.pseudo_abnormal, s.classifier, seed=0, purpose="t", hflip=False)
     for i in range(len(rows)):
         negative, positive = samples[(0, i, i)]
         foreground = rows.read_foreground(i)
@@ -60,7 +61,8 @@ def test_masked_input_is_zero_off_the_foreground(cached: tuple[ModelConfig, Slic
 def test_unmasked_input_keeps_the_background(cached: tuple[ModelConfig, SliceRows, ReconStore]) -> None:
     cfg, rows, store = cached
     cfg.settings.classifier.masked_input = False  # the paper's input: the whole difference image
-    samples = ClassifierSamples(rows, store, cfg.settings.pseudo_abnormal, cfg.settings.classifier, seed=0, purpose="t", hflip=True)
+    s = cfg.settings
+    samples = ClassifierSamples(rows, store, s.pseudo_abnormal, s.classifier, seed=0, purpose="t", hflip=True)
     negative, _ = samples[(0, 0, 0)]
     assert torch.allclose(negative, torch.full_like(negative, ERROR), atol=1e-6)
 

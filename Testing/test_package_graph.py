@@ -15,7 +15,7 @@ def package_imports() -> dict[str, set[tuple[str, str]]]:
     found: dict[str, set[tuple[str, str]]] = {}
     for path in LIBRARY.rglob("*.py"):
         parts = path.relative_to(LIBRARY.parent).with_suffix("").parts
-        here = list(parts[:-1]) if parts[-1] == "__init__" else list(parts[:-1])
+        here = list(parts[:-1])  # the package a relative import starts from
         package = parts[1] if len(parts) > 2 else None
         for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
             if isinstance(node, ast.ImportFrom) and node.level:

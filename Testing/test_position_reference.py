@@ -23,7 +23,6 @@ from MAEAnomalyLib.evaluation.cohort import area_stratified_auroc, score_columns
 from MAEAnomalyLib.methods.model import load_model
 from MAEAnomalyLib.training.calibrate import threshold_from_rows
 
-
 METHOD = "mae_classifier"
 # The paper's method positions its probability on the logit scale and its MAE error on the log scale.
 TRANSFORMS = {"probability": "logit", "mae_l1": "log"}

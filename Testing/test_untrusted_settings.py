@@ -40,7 +40,7 @@ def edited(model_dir: Path, tmp_path: Path, section: str | None, name: str, valu
     ("mae_classifier.mae", "mask_ratio", 1.0, "mae_classifier.mae.mask_ratio is 1.0"),
     ("preprocess", "lower_percentile", 99.9, "lower_percentile (99.9) must be below upper_percentile"),
     ("mae_classifier.mae", "depth", "12", "mae_classifier.mae.depth is '12'; it must be an integer"),
-    ("preprocess", "image_size", 60, "must be a multiple of mae.patch_size"),
+    ("preprocess", "image_size", 60, "must be a multiple of mae_classifier.mae.patch_size"),
 ])
 def test_hostile_configs_are_refused_before_anything_is_built(untrained_model_dir: Path, tmp_path: Path,
                                                               section: str | None, name: str, value: object,
@@ -78,7 +78,7 @@ def test_every_preset_passes_its_own_checks() -> None:
     (["--set", "calibration.target_fpr=2"], "must be at least 1e-06 and below 1"),
     (["--set", "train.target_fpr=2"], "must be at least 1e-06 and below 1"),
     (["--set", "preprocess.image_size=7"], "must be at least 8 and below 4097"),
-    (["--set", "preprocess.image_size=60"], "must be a multiple of mae.patch_size"),
+    (["--set", "preprocess.image_size=60"], "must be a multiple of mae_classifier.mae.patch_size"),
 ])
 def test_nonsense_training_settings_end_before_any_work(capfd: pytest.CaptureFixture, cohort: dict, tmp_path: Path,
                                                         flags: list[str], words: str) -> None:

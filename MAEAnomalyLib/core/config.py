@@ -170,12 +170,13 @@ def convert(item: str, current: Any, raw: str) -> Any:
         raise MAEAnomalyError(f"--set {item}: '{raw}' is not a valid {type(current).__name__}") from None
 
 
-def set_path(root: Any, path: list[str], item: str, raw: str) -> None:
-    """Sets the setting at the dotted ``path`` below ``root`` from the text ``raw``, checked."""
+def set_path(root: Any, path: list[str], item: str, raw: str, prefix: str = "") -> None:
+    """Sets the setting at the dotted ``path`` below ``root`` (itself named ``prefix``) from the text
+    ``raw``, checked."""
     section = root
     for depth, name in enumerate(path):
         names = [f.name for f in dataclasses.fields(section)]
-        where = ".".join(path[:depth]) or "the settings"
+        where = ".".join(p for p in (prefix, *path[:depth]) if p) or "the settings"
         if name not in names:
             raise MAEAnomalyError(f"--set {item}: {where} has no setting '{name}' (settings: {', '.join(names)})")
         value = getattr(section, name)

@@ -199,4 +199,4 @@ def apply_overrides(cfg: ModelConfig, overrides: Sequence[str]) -> None:
         else:
             raise MAEAnomalyError(f"--set {item}: no section '{section}' (sections: "
                                   f"{', '.join([*SHARED, cfg.method])})")
-        set_path(root, path, item, raw)
+        set_path(root, path, item, raw, section)

@@ -42,8 +42,8 @@ class MAEConfig:
 
     def problems(self) -> list[str]:
         if self.decoder_embed_dim % self.decoder_num_heads:
-            return [f"mae.decoder_embed_dim ({self.decoder_embed_dim}) must be a multiple of mae.decoder_num_heads "
-                    f"({self.decoder_num_heads})"]
+            return [f"mae_classifier.mae.decoder_embed_dim ({self.decoder_embed_dim}) must be a multiple of "
+                    f"mae_classifier.mae.decoder_num_heads ({self.decoder_num_heads})"]
         return []
 
 
@@ -97,7 +97,7 @@ class PseudoAbnormalConfig:
 
     def problems(self) -> list[str]:
         if self.min_boxes > self.max_boxes or self.min_side > self.max_side or self.beta_low > self.beta_high:
-            return ["pseudo_abnormal minimums must not exceed their maximums (boxes, sides, beta)"]
+            return ["mae_classifier.pseudo_abnormal minimums must not exceed their maximums (boxes, sides, beta)"]
         return []
 
 
@@ -142,11 +142,11 @@ class MAEClassifierConfig:
         problems = []
         for name, net in (("mae", self.mae), ("classifier", self.classifier)):
             if image_size is not None and image_size % net.patch_size:
-                problems.append(f"preprocess.image_size ({image_size}) must be a multiple of {name}.patch_size "
-                                f"({net.patch_size})")
+                problems.append(f"preprocess.image_size ({image_size}) must be a multiple of mae_classifier.{name}"
+                                f".patch_size ({net.patch_size})")
             if net.embed_dim % net.num_heads:
-                problems.append(f"{name}.embed_dim ({net.embed_dim}) must be a multiple of {name}.num_heads "
-                                f"({net.num_heads})")
+                problems.append(f"mae_classifier.{name}.embed_dim ({net.embed_dim}) must be a multiple of "
+                                f"mae_classifier.{name}.num_heads ({net.num_heads})")
         mae, clf = self.mae, self.classifier
         parameters = approximate_parameters([(mae.depth, mae.embed_dim), (mae.decoder_depth, mae.decoder_embed_dim),
                                              (clf.depth, clf.embed_dim)])
