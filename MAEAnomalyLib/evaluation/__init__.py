@@ -1,2 +1,2 @@
-"""Evaluation against labels: slice metrics per cohort (``cohort``), voxel metrics (``voxel_metrics``,
-``voxels``)."""
+"""Evaluation against labels: slice metrics per cohort (``cohort``) with intervals from a bootstrap over
+patients (``bootstrap``), and voxel metrics (``voxel_metrics``, ``voxels``)."""

@@ -6,10 +6,10 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
-from scipy.stats import rankdata
 from sklearn.metrics import average_precision_score, roc_auc_score
 
 from ..calibration.position import position_bin
+from .bootstrap import FEW_PATIENTS, MIN_PATIENTS, PatientBootstrap, auroc_difference
 
 # Each score column and the sign that makes larger mean "more anomalous". foreground_fraction is no
 # detector: it shows how much of an AUROC the slice's brain area alone explains (tumours sit in large
@@ -19,7 +19,6 @@ from ..calibration.position import position_bin
 SCORES = {"score": 1.0, "probability": 1.0, "mae_l1": 1.0, "mae_l1_position": 1.0, "ssim": -1.0,
           "intensity_p995": 1.0, "foreground_fraction": 1.0}
 LABELS = {"ssim": "1 - ssim", "foreground_fraction": "foreground area", "mae_l1_position": "mae_l1 by position"}
-BOOTSTRAP_SAMPLES = 2000
 AREA_STRATA = 5
 POSITION_GROUPS = 3  # bottom, middle and top thirds of the brain
 
@@ -53,32 +52,6 @@ def area_stratified_auroc(truth: np.ndarray, values: np.ndarray, area: np.ndarra
             total += roc_auc_score(y, v) * n_pos * n_neg
             pairs += n_pos * n_neg
     return total / pairs if pairs else None
-
-
-def _auroc_rows(truth: np.ndarray, values: np.ndarray) -> np.ndarray:
-    """AUROC of every row of (B, N) values against (B, N) bool truth (Mann-Whitney, ties averaged)."""
-    ranks = rankdata(values, axis=1)
-    n1 = truth.sum(axis=1)
-    return ((ranks * truth).sum(axis=1) - n1 * (n1 + 1) / 2) / (n1 * (truth.shape[1] - n1))
-
-
-def auroc_difference(truth: np.ndarray, a: np.ndarray, b: np.ndarray, samples: int = BOOTSTRAP_SAMPLES,
-                     seed: int = 0) -> dict:
-    """AUROC(a) − AUROC(b) on the same slices, with a 95 % paired bootstrap interval over slices.
-
-    Slices of one volume are correlated, so the interval is narrower than one over subjects would be.
-    """
-    rng = np.random.default_rng(seed)
-    truth = truth.astype(bool)
-    differences = []
-    for start in range(0, samples, 100):  # in chunks: a cohort's slices times the samples can be large
-        index = rng.integers(0, len(truth), (min(100, samples - start), len(truth)))
-        y = truth[index]
-        keep = (y.sum(axis=1) > 0) & (y.sum(axis=1) < len(truth))  # resamples with both classes
-        index, y = index[keep], y[keep]
-        differences.append(_auroc_rows(y, a[index]) - _auroc_rows(y, b[index]))
-    low, high = np.percentile(np.concatenate(differences), [2.5, 97.5])
-    return {"difference": float(roc_auc_score(truth, a) - roc_auc_score(truth, b)), "ci95": [float(low), float(high)]}
 
 
 def _auroc(truth: np.ndarray, values: np.ndarray) -> float | None:
@@ -136,33 +109,45 @@ def by_volume(table: dict[str, np.ndarray], labelled: np.ndarray, name: str, col
 
 
 def slice_metrics(tables: list[dict[str, np.ndarray]], labelled: list[np.ndarray],
-                  lesion_area: list[np.ndarray] | None = None, names: list[str] | None = None) -> dict:
+                  lesion_area: list[np.ndarray] | None = None, names: list[str] | None = None,
+                  patients: Sequence | None = None) -> dict:
     """Pools slices of all volumes; ``labelled[i][k]`` is True when slice k of volume i is abnormal.
+    Every interval resamples patients (``PatientBootstrap``): volume i belongs to ``patients[i]``, by
+    default a patient of its own. ``auroc_ci_patients`` and ``score_minus`` (AUROC of score minus each other
+    score) carry them; ``score_minus_slice_bootstrap`` is the narrower bootstrap over slices, for comparison.
     With ``lesion_area`` (the labelled area of each slice) it adds ``by_lesion_size`` over slices with
     foreground. ``by_volume`` holds each volume's own figures, named by ``names``."""
     columns = score_columns(tables)
     pooled = {name: np.concatenate([t[name] for t in tables]) for name in (*columns, "foreground_fraction",
                                                                           "skipped")}
     truth = np.concatenate(labelled).astype(int)
+    owner = np.unique(np.asarray(patients if patients is not None else range(len(tables))), return_inverse=True)[1]
+    patient = np.repeat(owner.ravel(), [len(t["skipped"]) for t in tables])
     subsets = {"foreground_slices": pooled["skipped"] == 0, "all_slices": np.ones_like(truth, dtype=bool)}
     out: dict = {}
     for subset, chosen in subsets.items():
         y = truth[chosen]
-        entry: dict = {"slices": int(chosen.sum()), "abnormal": int(y.sum())}
+        entry: dict = {"slices": int(chosen.sum()), "abnormal": int(y.sum()),
+                       "patients": len(np.unique(patient[chosen]))}
         both_classes = 0 < y.sum() < len(y)
+        boot = PatientBootstrap(y, patient[chosen]) if both_classes else None
         for name, sign in columns.items():
             values = sign * pooled[name][chosen]
-            if both_classes:
+            if boot is not None:
                 entry[name] = {"auroc": float(roc_auc_score(y, values)),
-                               "auprc": float(average_precision_score(y, values))}
+                               "auprc": float(average_precision_score(y, values)),
+                               "auroc_ci_patients": boot.auroc(values)["ci95"]}
                 if subset == "foreground_slices":
                     entry[name]["auroc_within_area"] = area_stratified_auroc(
                         y, values, pooled["foreground_fraction"][chosen])
             else:
-                entry[name] = {"auroc": None, "auprc": None}
-        if both_classes:
-            entry["score_minus"] = {name: auroc_difference(y, pooled["score"][chosen], sign * pooled[name][chosen])
-                                    for name, sign in columns.items() if name != "score"}
+                entry[name] = {"auroc": None, "auprc": None, "auroc_ci_patients": None}
+        if boot is not None:
+            entry["bootstrap"] = boot.described()
+            score = pooled["score"][chosen]
+            others = {name: sign * pooled[name][chosen] for name, sign in columns.items() if name != "score"}
+            entry["score_minus"] = {name: boot.difference(score, v) for name, v in others.items()}
+            entry["score_minus_slice_bootstrap"] = {name: auroc_difference(y, score, v) for name, v in others.items()}
         out[subset] = entry
     fg = subsets["foreground_slices"]
     if lesion_area is not None and truth[fg].sum() >= 3 and (1 - truth[fg]).sum() > 0:
@@ -177,6 +162,20 @@ def slice_metrics(tables: list[dict[str, np.ndarray]], labelled: list[np.ndarray
     return out
 
 
+def interval_note(entry: dict) -> str:
+    """What a subset's intervals rest on, in words: over how many patients, and whether that is few."""
+    n = entry.get("patients")
+    boot = entry.get("bootstrap")
+    if boot is None or n is None:
+        return "no interval (one class only, or metrics from before intervals over patients)"
+    if n < MIN_PATIENTS:
+        return f"no interval: {n} patient(s), fewer than {MIN_PATIENTS}"
+    note = (f"95% interval over {n} patients (bootstrap drawing whole patients with all their slices; "
+            f"{boot['samples_used']} of {boot['samples']} draws had both classes)")
+    return note + (f"; wide: few patients (under {FEW_PATIENTS}), and with so few the bootstrap itself is rough"
+                   if n < FEW_PATIENTS else "")
+
+
 def format_metrics(metrics: dict) -> str:
     """A plain-text table of the metrics of each subset of slices, then ``by_lesion_size``,
     ``by_position`` and ``by_volume`` if present."""
@@ -186,22 +185,30 @@ def format_metrics(metrics: dict) -> str:
     def fmt(v: float | None) -> str:
         return f"{v:8.3f}" if v is not None else f"{'n/a':>8}"
 
-    lines = [f"{'subset':<18}{'score':<20}{'AUROC':>8}{'AUPRC':>8}{'AUROC within area':>19}   slices (abnormal)"]
+    def span(ci: list[float] | None, signed: bool = False) -> str:
+        return "n/a" if ci is None else f"[{ci[0]:+.3f}, {ci[1]:+.3f}]" if signed else f"[{ci[0]:.3f}, {ci[1]:.3f}]"
+
+    lines = [f"{'subset':<18}{'score':<20}{'AUROC':>8}{'AUROC 95% interval':>20}{'AUPRC':>8}"
+             f"{'AUROC within area':>19}   slices (abnormal)"]
     for subset, entry in subsets.items():
         for name in names:
             label = LABELS.get(name, name)
             within = entry[name].get("auroc_within_area")
-            lines.append(f"{subset:<18}{label:<20}{fmt(entry[name]['auroc'])}{fmt(entry[name]['auprc'])}"
+            lines.append(f"{subset:<18}{label:<20}{fmt(entry[name]['auroc'])}"
+                         f"{span(entry[name].get('auroc_ci_patients')):>20}{fmt(entry[name]['auprc'])}"
                          f"{fmt(within) if subset == 'foreground_slices' else '':>19}   "
                          f"{entry['slices']} ({entry['abnormal']})")
+    for subset, entry in subsets.items():
+        lines.append(f"{subset}: {interval_note(entry)}")
     lines.append(f"AUROC within area: abnormal and normal slices compared only within the same fifth of "
                  f"foreground area (what brain area cannot explain; {AREA_STRATA} strata).")
     if any("score_minus" in entry for entry in subsets.values()):
-        lines.append("AUROC of score minus each other score, with a 95 % paired bootstrap interval over slices:")
+        lines.append("AUROC of score minus each other score, with its 95% paired bootstrap interval over "
+                     "patients (the same draws as above):")
     for subset, entry in subsets.items():
         for name, d in entry.get("score_minus", {}).items():
-            low, high = d["ci95"]
-            lines.append(f"{subset:<18}{LABELS.get(name, name):<20}{d['difference']:+8.3f}   [{low:+.3f}, {high:+.3f}]")
+            lines.append(f"{subset:<18}{LABELS.get(name, name):<20}{d['difference']:+8.3f}   "
+                         f"{span(d['ci95'], signed=True)}")
     if "by_lesion_size" in metrics:
         entry = metrics["by_lesion_size"]
         heads = [f"{g['area_mm2'][0]:.0f}-{g['area_mm2'][1]:.0f} mm2 ({g['abnormal']})" for g in entry["groups"]]
