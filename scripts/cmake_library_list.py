@@ -1,5 +1,5 @@
 """Rewrites MAEANOMALYLIB_PYTHON_SCRIPTS in MAEAnomaly/CMakeLists.txt from the files under MAEAnomalyLib/
-(run after adding or moving a library file; Testing/test_slicer_packaging.py checks the list)."""
+(run after adding or moving a library file; Testing/slicer_module/test_slicer_packaging.py checks the list)."""
 
 from __future__ import annotations
 

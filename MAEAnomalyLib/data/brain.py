@@ -35,7 +35,7 @@ _MAX_CUT_FRACTION = 0.5
 # brain is refused: on 8 IXI heads and 12 brats2015 volumes deepbet gives 1.21-1.58 L, one piece, 148-176 mm,
 # fill 0.43-0.50, contrast 0.47-0.93 (benchmarks/brain_extraction_check.py); the generated heads go down to
 # 0.75 L. Noise (contrast 0.01), a ramp (0.19), a chest (14 L), a head at 20 mm (286 L) and a 16-voxel crop
-# (0.04 L) each fail one (Testing/test_brain_sanity.py).
+# (0.04 L) each fail one (Testing/library/test_brain_sanity.py).
 EXTRACTED_LITRES = (0.6, 2.4)
 _MAX_EXTENT_MM = 260.0  # the longest side of its bounding box, with room for a 45-degree oblique grid
 _MIN_MAIN_COMPONENT = 0.9  # share of the mask in its largest (face-connected) piece

@@ -7,7 +7,7 @@ lesion, added one volume at a time, so memory stays at a few histograms however 
 A value v is binned by u = v / (1 + |v|), a monotone map of every real number onto (-1, 1), split into
 80,000 equal bins: no value is ever clipped, and bins are at most 1e-4 wide for |v| <= 1 (the
 normalised maps). The binned AUROC and AUPRC match the exact ones within 0.001
-(Testing/test_voxel_metrics.py). The Dice at a given threshold is counted exactly, voxel by voxel.
+(Testing/library/test_voxel_metrics.py). The Dice at a given threshold is counted exactly, voxel by voxel.
 """
 
 from __future__ import annotations

@@ -55,7 +55,8 @@ class Method:
     summary: str  # one line for --help and the Slicer module
     settings_type: type  # the dataclass of its section of config.json
     presets: tuple[str, ...]
-    # preset name -> (its section, the shared settings that preset sets: image_size, batch_size)
+    # preset name -> (its section, the shared settings that preset sets: image_size, batch_size and, when
+    # not the default True, position_reference)
     preset: Callable[[str], tuple[Any, dict]]
     primary: str  # the raw score the position reference and the slice threshold calibrate
     columns: tuple[str, ...]  # its slice-table columns, in order (``primary`` among them)

@@ -177,7 +177,9 @@ def preset(name: str, method: str = DEFAULT_METHOD) -> ModelConfig:
         raise ValueError(f"unknown preset '{name}' (choose {', '.join(found.presets)})")
     settings, shared = found.preset(name)
     return ModelConfig(method=method, preset=name, preprocess=PreprocessConfig(image_size=shared["image_size"]),
-                       train=TrainConfig(batch_size=shared["batch_size"]), settings=settings)
+                       train=TrainConfig(batch_size=shared["batch_size"]),
+                       calibration=CalibrationConfig(position_reference=shared.get("position_reference", True)),
+                       settings=settings)
 
 
 PRESETS = ("tiny", "small", "paper")

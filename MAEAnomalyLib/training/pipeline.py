@@ -150,13 +150,13 @@ def train(images: Sequence[Path], out_dir: Path, cfg: ModelConfig, device: torch
             val_rows = SliceRows([entries[i] for i in val_ids], min_fg)
             if len(train_rows) == 0 or len(val_rows) == 0:
                 raise MAEAnomalyError("no healthy slices with enough foreground to train on (check masks and labels)")
-
-        digest = hashlib.sha256(json.dumps([keys, train_ids, val_ids]).encode()).hexdigest()
+            digest = hashlib.sha256(json.dumps([keys, train_ids, val_ids]).encode()).hexdigest()
+            model = AnomalyModel.from_config(cfg)
+            # Inside: a model to start from that does not fit (--mae-from) leaves no output folder either.
+            progress, resumed = _start(model, source, mae_from, out_dir, digest, dist, resume, log)
         log(f"training on {len(train_rows)} slices from {len(train_ids)} volumes; {len(val_rows)} slices from "
             f"{len(val_ids)} held-out volumes for validation and calibration"
             + (f"; {dist.world} processes" if dist.world > 1 else ""))
-        model = AnomalyModel.from_config(cfg)
-        progress, resumed = _start(model, source, mae_from, out_dir, digest, dist, resume, log)
         run = _run(model, out_dir, digest, dist, stop, options, len(train_rows), log, show_progress)
         method.train(model, TrainingData(train_rows, val_rows, out_dir / WORK_DIR), run, progress, resumed)
         voxels = VoxelCalibration(cfg.segmentation)

@@ -8,7 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 LIBRARY = ROOT / "MAEAnomalyLib"
 SLICER_ONLY = ("slicer", "vtk", "qt", "ctk")
 MAX_FILE_LINES = 300

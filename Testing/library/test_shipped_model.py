@@ -19,7 +19,7 @@ from MAEAnomalyLib.data.synthetic import make_subject
 from MAEAnomalyLib.methods.model import STORAGE_DTYPES, load_model
 from MAEAnomalyLib.scoring.scores import score_image
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_the_default_model_ships_with_its_card_and_within_its_size() -> None:

@@ -25,7 +25,7 @@ from MAEAnomalyLib.data.synthetic import make_subject
 from MAEAnomalyLib.methods.model import AnomalyModel, load_model, save_model
 from MAEAnomalyLib.methods.model_config import preset
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 WEIGHTS = ("mae.safetensors", "classifier.safetensors")
 MODEL_FILES = ["classifier.safetensors", "config.json", "mae.safetensors"]
 

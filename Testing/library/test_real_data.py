@@ -14,7 +14,7 @@ import SimpleITK as sitk
 from MAEAnomalyLib.data.preprocessing import prepare
 from MAEAnomalyLib.methods.model_config import preset
 
-DATA = Path(os.environ.get("MAEANOMALY_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"))
+DATA = Path(os.environ.get("MAEANOMALY_DATA", Path(__file__).resolve().parents[3] / "shared" / "data"))
 pytestmark = pytest.mark.skipif(not (DATA / "brats2015").is_dir(), reason=f"no real data at {DATA}")
 
 

@@ -31,7 +31,7 @@ from MAEAnomalyLib.scoring.table import CORE_COLUMNS, read_table_csv
 from MAEAnomalyLib.training.site import calibrate_site
 
 pytestmark = pytest.mark.slow  # every method is trained
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 METHODS = names()
 
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 import ast
 from pathlib import Path
 
-LIBRARY = Path(__file__).resolve().parents[1] / "MAEAnomalyLib"
+LIBRARY = Path(__file__).resolve().parents[2] / "MAEAnomalyLib"
 ORDER = ("core", "data", "engine", "methods", "calibration", "scoring", "evaluation", "training", "cli")
 
 

@@ -16,7 +16,7 @@ from MAEAnomalyLib.core.errors import MAEAnomalyError
 from MAEAnomalyLib.data import brain
 from MAEAnomalyLib.data.synthetic import make_subject
 
-DATA = Path(__file__).resolve().parents[1] / ".." / "shared" / "data"
+DATA = Path(__file__).resolve().parents[2] / ".." / "shared" / "data"
 REFUSAL = r"brain extraction found no plausible brain \(\d+\.\d\d L.*--brain-mask none"
 
 
@@ -144,7 +144,7 @@ def test_real_brains_pass_both_checks() -> None:
     """IXI heads and the bundled sample are extracted and accepted; IXI masked and brats2015 volumes count as
     skull-stripped (benchmarks/brain_extraction_check.py measures more of them)."""
     heads = sorted((DATA / "ixi-t1").glob("IXI*_T1.nii.gz"))
-    sample = Path(__file__).resolve().parents[1] / "Resources" / "SampleData" / "IXI516-HH-2297_T1.nii.gz"
+    sample = Path(__file__).resolve().parents[2] / "Resources" / "SampleData" / "IXI516-HH-2297_T1.nii.gz"
     for path in [heads[0], heads[-1], sample]:
         foreground = brain.choose_foreground(sitk.ReadImage(str(path), sitk.sitkFloat32), "auto", str(path))
         assert foreground.extracted, path

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 MODULE_FILE = ROOT / "MAEAnomaly" / "MAEAnomaly.py"
 OLD_PYTHONS = [Path("/root/.pyenv/versions/3.9.18/bin/python3.9"), shutil.which("python3.9")]
 

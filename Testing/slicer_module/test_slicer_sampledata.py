@@ -23,7 +23,7 @@ slicer = pytest.importorskip("slicer")
 
 from SlicerMAEAnomalyLib import sampledata  # noqa: E402
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 SAMPLE_DIR = ROOT / "Resources" / "SampleData"
 SCRIPTED = "lib/Slicer-5.10/qt-scripted-modules"
 

@@ -22,7 +22,7 @@ from MAEAnomalyLib.core.errors import MAEAnomalyError
 from SlicerMAEAnomalyLib import dependencies
 from SlicerMAEAnomalyLib.dependencies import TORCH_REQUIREMENT, DependencyPlan, Installers, install_dependencies
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 REQUIREMENTS = ROOT / "MAEAnomaly" / "Resources" / "requirements.txt"
 # Slicer 5.10.0's versions (SuperBuild/External_python-*.cmake at tag v5.10.0): numpy and scipy, and the
 # small pure-Python packages that Slicer ships and that the requirements' dependencies also use.

@@ -24,7 +24,7 @@ from MAEAnomalyLib.methods.model_config import apply_overrides, preset
 from MAEAnomalyLib.scoring.cohort_table import RECORDS
 from MAEAnomalyLib.training import train
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_a_symlink_loop_is_not_a_missing_file(tmp_path: Path) -> None:

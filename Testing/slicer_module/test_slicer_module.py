@@ -30,7 +30,7 @@ from SlicerMAEAnomalyLib.dependencies import (
     plan_dependencies,
 )
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 MODULE_FILE = ROOT / "MAEAnomaly" / "MAEAnomaly.py"
 WIDGET_FILE = ROOT / "MAEAnomaly" / "SlicerMAEAnomalyLib" / "widget.py"
 PARAMETERS_FILE = ROOT / "MAEAnomaly" / "SlicerMAEAnomalyLib" / "parameters.py"

@@ -103,7 +103,7 @@ def test_evaluate_reports_voxel_metrics_for_each_map(calibrated, small_cohort, t
 
 
 def _benchmark(script: str, *args: object) -> subprocess.CompletedProcess:
-    root = Path(__file__).resolve().parents[1]
+    root = Path(__file__).resolve().parents[2]
     env = {**os.environ, "PYTHONPATH": str(root), "OMP_NUM_THREADS": "2"}
     return subprocess.run([sys.executable, str(root / "benchmarks" / script), *map(str, args)],
                           capture_output=True, text=True, env=env, timeout=600)

@@ -18,7 +18,7 @@ from MAEAnomalyLib.scoring.cohort_table import RECORDS, read_cohort_csv
 
 pytestmark = pytest.mark.slow  # several processes, each importing torch
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def child_env() -> dict[str, str]:

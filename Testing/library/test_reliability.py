@@ -26,7 +26,7 @@ from MAEAnomalyLib.data.synthetic import make_subject
 from MAEAnomalyLib.engine.checkpoint import load_state, save_state
 from MAEAnomalyLib.training import check_out_dir
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def one_line_error(capfd: pytest.CaptureFixture, argv: list[str]) -> str:
@@ -255,7 +255,7 @@ def test_a_full_disk_while_training_is_one_line_and_leaves_nothing(cohort: dict,
                            "--images", *images, "--workers", "0", "--device", "cpu"],
                           capture_output=True, encoding="utf-8", cwd=ROOT, preexec_fn=limit, timeout=300,
                           env={**os.environ, "PYTHONPATH": str(ROOT)})
-    lines = [ln for ln in done.stderr.splitlines() if ln.strip() and not ln.startswith(("preset ", "preparing"))]
+    lines = [ln for ln in done.stderr.splitlines() if ln.strip() and not ln.startswith(("method ", "preparing"))]
     assert done.returncode == 2, done.stderr
     assert len(lines) == 1 and "cannot write (" in lines[0] and "file-size limit" in lines[0], lines
     assert not out.exists()

@@ -27,7 +27,7 @@ from MAEAnomalyLib.training import split_volumes, train
 
 pytestmark = pytest.mark.slow  # trains models or drives a real MRML scene end to end
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_model_ranks_lesion_slices_above_healthy_ones(tiny_model_dir: Path, cohort: dict) -> None:

@@ -14,7 +14,7 @@ import pytest
 import SimpleITK as sitk
 
 pytestmark = pytest.mark.slow  # scores a volume with the shipped model (about 15 s on 2 cores)
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 SAMPLE = ROOT / "Resources" / "SampleData"
 # sha256sum of the files `maeanomaly score --model brain-t1 --image IXI516-HH-2297_T1.nii.gz --brain-mask
 # IXI516-HH-2297_brainmask.nii.gz` wrote at aa88659, and of the voxel arrays of its two images.

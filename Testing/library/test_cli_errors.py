@@ -17,7 +17,7 @@ import SimpleITK as sitk
 from MAEAnomalyLib.cli.main import main
 from MAEAnomalyLib.data.synthetic import make_subject
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def run_process(*args: str) -> subprocess.CompletedProcess:

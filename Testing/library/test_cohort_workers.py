@@ -24,7 +24,7 @@ from MAEAnomalyLib.scoring.cohort_table import RECORDS, RUN_LOCK, read_cohort_cs
 pytestmark = [pytest.mark.slow,  # processes of their own, each importing torch
               pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="finds worker processes in /proc")]
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 DEADLINE = 180  # seconds a cohort run may take before it counts as hung (these take ~20 s on two busy cores)
 
 

@@ -31,7 +31,7 @@ from MAEAnomalyLib.training.pipeline import WORK_DIR
 
 pytestmark = pytest.mark.slow  # trains models or drives a real MRML scene end to end
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 # Small and quick, with enough batches per epoch (4 training volumes, ~100 slices, batch 8) for a
 # SIGTERM to land inside an epoch.
 SETTINGS = ["--preset", "tiny", "--set", "preprocess.image_size=32", "--batch-size", "8", "--mae-epochs", "3",

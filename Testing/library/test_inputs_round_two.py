@@ -24,7 +24,7 @@ from MAEAnomalyLib.data.synthetic import make_subject
 from MAEAnomalyLib.scoring.cohort import cohort_volumes
 from MAEAnomalyLib.scoring.cohort_table import output_names, read_cohort_csv
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture
