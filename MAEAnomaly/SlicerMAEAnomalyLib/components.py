@@ -4,7 +4,8 @@ centroid; and the widget's components section.
 
 Both nodes refer to their input volume (``INPUT_REFERENCE``), so scoring it again replaces them; a
 model without a voxel threshold removes them (they would describe an older run). Everything but
-``ComponentsPanel`` needs MRML only, so it runs on a bare ``vtkMRMLScene`` (Testing/slicer_module/test_slicer_components.py).
+``ComponentsPanel`` needs MRML only, so it runs on a bare ``vtkMRMLScene``
+(Testing/slicer_module/test_slicer_components.py).
 """
 
 from __future__ import annotations
