@@ -122,9 +122,15 @@ def digest(value: object) -> str:
 def cache_key(method: str, protocol: str, contrast: str, preset: str, sets: list[str], files: list[Path],
               root: Path) -> str:
     """The key of a trained model: method, protocol, contrast and settings (preset, --set items in their
-    order, the training files with their sizes)."""
+    order, and the whole config they make with this version's defaults, so that a changed default trains
+    again), the training files with their sizes."""
+    from MAEAnomalyLib.methods.model_config import apply_overrides
+    from MAEAnomalyLib.methods.model_config import preset as make_preset
+
+    cfg = make_preset(preset, method)
+    apply_overrides(cfg, sets)
     return digest({"method": method, "protocol": protocol, "contrast": contrast, "preset": preset,
-                   "set": list(sets), "files": _described(files, root)})[:16]
+                   "set": list(sets), "config": cfg.to_dict(), "files": _described(files, root)})[:16]
 
 
 def evaluation_key(config_sha256: str, volumes: Volumes, root: Path, code: str) -> str:

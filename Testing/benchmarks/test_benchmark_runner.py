@@ -54,14 +54,14 @@ def test_cache_key_changes_with_each_setting_and_stays_otherwise(tmp_path: Path)
     files = [root / "a.nii.gz", root / "b.nii.gz"]
     for f in files:
         f.write_bytes(b"0123")
-    base = ("intensity", "paper", "flair", "small", ["intensity.x=1"])
+    base = ("intensity", "paper", "flair", "small", ["segmentation.smoothing_mm=6"])
 
     def key(*args: object, root: Path = root, files: list[Path] = files) -> str:
         return rp.cache_key(*args, files, root)
 
     first = key(*base)
     assert key(*base) == first
-    for i, other in enumerate(("mae_classifier", "t1", "t1", "tiny", ["intensity.x=2"])):
+    for i, other in enumerate(("mae_classifier", "t1", "t1", "tiny", ["segmentation.smoothing_mm=7"])):
         changed = list(base)
         changed[i] = other
         assert key(*changed) != first, changed
