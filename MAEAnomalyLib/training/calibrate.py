@@ -1,6 +1,7 @@
-"""Calibration on healthy volumes only: the position reference (``scoring.position``) and the decision
-threshold at a target false-positive rate. Training calibrates on its held-out volumes; ``maeanomaly
-calibrate`` does the same on a site's own healthy scans."""
+"""Healthy volumes scored for calibration (``healthy_rows``: the rows the position reference and the slice
+threshold are set on, ``calibration.slice_threshold``, and the voxels of the voxel threshold), and the
+refusal of a volume given twice. Training calibrates on its held-out volumes; ``maeanomaly calibrate``
+(``site``) on a site's own healthy scans."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ from collections.abc import Callable, Sequence
 
 import numpy as np
 
-from ..calibration.position import brain_position, calibrated_rows, position_bin, reference_from_rows
+from ..calibration.position import brain_position, position_bin
 from ..calibration.voxel_threshold import VoxelCalibration
 from ..core.errors import MAEAnomalyError
 from ..data.digest import content_digest
@@ -23,9 +24,6 @@ from ..methods import get
 from ..methods.model import AnomalyModel
 from ..scoring.iterate import scored_volumes
 from ..scoring.voxel_maps import voxel_maps
-
-# Healthy slices above the threshold at the target rate: fewer make the threshold one slice's score.
-MIN_SLICES_ABOVE = 10
 
 
 def healthy_rows(model: AnomalyModel, sources: Sequence[Source], dist: Dist, stop: StopControl | None,
@@ -75,40 +73,3 @@ def refuse_repeated_volumes(sources: Sequence[Source]) -> None:
             if first != i:
                 raise MAEAnomalyError(f"the same volume as entry {first + 1} ({sources[first][0]}): given twice in "
                                       f"--images (entries {first + 1} and {i + 1})", sources[i][0])
-
-
-def slices_needed(target_fpr: float) -> int:
-    return int(np.ceil(MIN_SLICES_ABOVE / target_fpr))
-
-
-def threshold_from_rows(rows: np.ndarray, method: str, target_fpr: float, with_reference: bool, strict: bool
-                        ) -> tuple[float, dict | None, dict]:
-    """The position reference (or None) and the threshold at ``target_fpr`` on healthy ``rows`` (of
-    ``healthy_rows``) of ``method``'s primary score.
-
-    ``strict`` (``calibrate``) refuses too few slices; training then keeps the raw probability instead.
-    """
-    if len(rows) == 0:
-        raise MAEAnomalyError("the healthy volumes have no usable slices for calibration")
-    needed = slices_needed(target_fpr)
-    if strict and len(rows) < needed:
-        raise MAEAnomalyError(f"{len(rows)} healthy slices cannot set a threshold at a false-positive rate of "
-                              f"{target_fpr:g}: at least {needed} are needed (give more healthy volumes)")
-    bins = rows[:, 0].astype(int)
-    found = get(method)
-    values = {name: rows[:, 1 + j] for j, name in enumerate(found.positioned)}
-    reference, note = None, "built"
-    if with_reference:
-        try:
-            reference = reference_from_rows(bins, values, found.positioned)
-        except ValueError as exc:
-            if strict:
-                raise MAEAnomalyError(f"too few healthy slices for a position reference: {exc}") from None
-            note = f"not built: {exc}"
-    primary = values[found.primary]
-    score = calibrated_rows(primary, bins, reference, found.primary) if reference else primary
-    threshold = float(np.quantile(score, 1 - target_fpr, method="higher"))
-    summary = {"validation_slices": len(rows), "target_fpr": target_fpr,
-               "validation_fpr": float((score >= threshold).mean()),
-               "position_reference": note if with_reference else "off"}
-    return threshold, reference, summary

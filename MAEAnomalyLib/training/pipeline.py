@@ -23,6 +23,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from ..calibration.slice_threshold import threshold_from_rows
 from ..calibration.voxel_threshold import VoxelCalibration
 from ..core.errors import MAEAnomalyError
 from ..data.inputs import Source
@@ -35,7 +36,7 @@ from ..methods import get
 from ..methods.base import TrainingData
 from ..methods.model import AnomalyModel, load_model, save_model
 from ..methods.model_config import ModelConfig
-from .calibrate import healthy_rows, refuse_repeated_volumes, threshold_from_rows
+from .calibrate import healthy_rows, refuse_repeated_volumes
 
 CHECKPOINT_DIR = "checkpoint"
 WORK_DIR = "work"  # what a method's stages write on the way (removed once the model is saved)

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import torch
 
+from ..calibration.slice_threshold import threshold_from_rows
 from ..calibration.voxel_threshold import VoxelCalibration
 from ..core.errors import MAEAnomalyError
 from ..core.files import AtomicWriter, current_umask, refuse_inputs, signals_deferred, write_failure
@@ -26,7 +27,7 @@ from ..engine.distributed import Dist
 from ..methods import get
 from ..methods.model import CONFIG_NAME, config_json, is_model_dir, load_model
 from ..methods.model_config import apply_overrides, resolve_alias
-from .calibrate import healthy_rows, refuse_repeated_volumes, threshold_from_rows
+from .calibrate import healthy_rows, refuse_repeated_volumes
 
 
 def _sha256(path: Path) -> str:

@@ -18,10 +18,10 @@ from MAEAnomalyLib.calibration.position import (
     position_bin,
     reference_from_rows,
 )
+from MAEAnomalyLib.calibration.slice_threshold import threshold_from_rows
 from MAEAnomalyLib.core.errors import MAEAnomalyError
 from MAEAnomalyLib.evaluation.cohort import area_stratified_auroc, score_columns
 from MAEAnomalyLib.methods.model import load_model
-from MAEAnomalyLib.training.calibrate import threshold_from_rows
 
 METHOD = "mae_classifier"
 # The paper's method positions its probability on the logit scale and its MAE error on the log scale.
