@@ -41,16 +41,21 @@ def work_directory() -> Path:
     return Path(slicer.util.tempDirectory("MAEAnomaly-"))
 
 
-def model_threshold(model_path: str | Path) -> float:
-    """The decision threshold stored in a model directory, read without importing torch."""
+def model_thresholds(model_path: str | Path) -> tuple[float, float | None]:
+    """The slice and voxel thresholds stored in a model directory, read without importing torch."""
     from MAEAnomalyLib.methods.model_config import ModelConfig
 
     path = Path(model_path) / "config.json"
     try:
-        threshold = ModelConfig.from_dict(json.loads(path.read_text())).threshold
+        config = ModelConfig.from_dict(json.loads(path.read_text()))
     except (OSError, ValueError, TypeError) as exc:
         raise MAEAnomalyError(f"cannot read the model's threshold ({exc})", path) from None
-    return float("inf") if threshold is None else float(threshold)
+    return (float("inf") if config.threshold is None else float(config.threshold)), config.voxel_threshold
+
+
+def model_threshold(model_path: str | Path) -> float:
+    """The decision threshold stored in a model directory, read without importing torch."""
+    return model_thresholds(model_path)[0]
 
 
 @dataclass
@@ -225,7 +230,7 @@ class MAEAnomalyLogic(ResultNodes):
             table = read_table_csv(outputs["scores"])
             model = self._model_folder(run.modelPath)
             loadComponentFiles(self, inputVolume, outputs)  # the segmentation node and components table
-            nodes = self.storeResults(inputVolume, table, difference, model_threshold(model))
+            nodes = self.storeResults(inputVolume, table, difference, *model_thresholds(model))
             if "brain_mask" in outputs:
                 self.storeBrainMask(inputVolume, sitk.ReadImage(str(outputs["brain_mask"])))
             return nodes

@@ -25,6 +25,9 @@ MODULE_NAME = "MAEAnomaly"
 INPUT_REFERENCE = "MAEAnomalyInput"
 ROLE_ATTRIBUTE = "MAEAnomaly.Role"
 THRESHOLD_ATTRIBUTE = "MAEAnomaly.Threshold"
+# On the difference volume: the model's voxel threshold, where the display threshold starts (each model's
+# map has its own scale: brain-t1's divided difference, the intensity method's normalised intensity).
+VOXEL_THRESHOLD_ATTRIBUTE = "MAEAnomaly.VoxelThreshold"
 ROLE_SCORES, ROLE_DIFFERENCE, ROLE_BRAIN_MASK = "scores", "difference", "brainMask"
 ROLE_CHART, ROLE_SCORE_SERIES = "chart", "scoreSeries"
 ROLE_THRESHOLD_TABLE, ROLE_THRESHOLD_SERIES = "thresholdTable", "thresholdSeries"
@@ -131,10 +134,11 @@ class ResultNodes:
         return node
 
     def storeResults(self, inputVolume: slicer.vtkMRMLScalarVolumeNode, columns: Mapping[str, np.ndarray],
-                     difference: sitk.Image, threshold: float
+                     difference: sitk.Image, threshold: float, voxelThreshold: float | None = None
                      ) -> tuple[slicer.vtkMRMLTableNode, slicer.vtkMRMLScalarVolumeNode]:
         """Writes scores and a difference map on the input's grid into the input's output nodes,
-        creating them on the first run and replacing their contents afterwards."""
+        creating them on the first run and replacing their contents afterwards. ``voxelThreshold`` (the
+        model's) is kept on the difference volume for the display threshold."""
         check_input_grid(difference, inputVolume, "difference map")
         name = inputVolume.GetName()
         table = self._output(inputVolume, ROLE_SCORES, "vtkMRMLTableNode", f"{name} anomaly scores")
@@ -147,6 +151,7 @@ class ResultNodes:
         diff.SetIJKToRASMatrix(ijk_to_ras)
         diff.SetAndObserveTransformNodeID(inputVolume.GetTransformNodeID())
         diff.SetAndObserveImageData(vtk_image(sitk.GetArrayFromImage(difference).astype(np.float32)))
+        diff.SetAttribute(VOXEL_THRESHOLD_ATTRIBUTE, "" if voxelThreshold is None else repr(float(voxelThreshold)))
         if diff.GetDisplayNode() is None:
             diff.CreateDefaultDisplayNodes()
         self._style_difference(diff)
@@ -158,6 +163,12 @@ class ResultNodes:
         contents = table.GetTable()
         return {contents.GetColumnName(k): numpy_support.vtk_to_numpy(contents.GetColumn(k)).copy()
                 for k in range(contents.GetNumberOfColumns())}
+
+    @staticmethod
+    def voxelThreshold(difference: slicer.vtkMRMLScalarVolumeNode) -> float | None:
+        """The voxel threshold of the model that made ``difference`` (None: a model without one)."""
+        value = difference.GetAttribute(VOXEL_THRESHOLD_ATTRIBUTE)
+        return float(value) if value else None
 
     @staticmethod
     def threshold(table: slicer.vtkMRMLTableNode) -> float:

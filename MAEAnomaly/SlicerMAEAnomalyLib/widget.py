@@ -16,7 +16,7 @@ from .dependencies import install_dependencies, plan_dependencies
 from .logic import MAEAnomalyLogic
 from .messages import reportingErrors, showError
 from .parameters import BrainMask, MAEAnomalyParameterNode
-from .results import ROLE_ATTRIBUTE, ROLE_DIFFERENCE, ROLE_SCORES
+from .results import MAX_DISPLAY_THRESHOLD, ROLE_ATTRIBUTE, ROLE_DIFFERENCE, ROLE_SCORES
 
 MODEL_PATH_SETTING = "MAEAnomaly/ModelPath"
 POLL_INTERVAL_MS = 200
@@ -265,6 +265,9 @@ class MAEAnomalyWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._chartTable = None  # a re-run keeps the table node, but the chart must follow its new contents
         p.differenceVolume = difference
         p.scoreTable = table
+        voxel = self.logic.voxelThreshold(difference)
+        if voxel is not None:  # the map's scale is the model's: start where the model calls a voxel anomalous
+            p.displayThreshold = min(voxel, MAX_DISPLAY_THRESHOLD)
         self.logic.showResults(inputVolume, difference, p.overlayOpacity, p.displayThreshold)
         self.componentsPanel.setInput(inputVolume)
         slicer.util.resetSliceViews()

@@ -207,3 +207,25 @@ def test_reload_reloads_the_panels_package(panel, monkeypatch: pytest.MonkeyPatc
         sys.modules.update(kept)  # the other tests hold the classes of these modules
     assert cached_then == [("MAEAnomaly", [])]
     assert "MAEAnomalyLib.core.errors" in sys.modules
+
+
+def test_the_display_threshold_starts_at_the_model_s_voxel_threshold(panel, slicer_app) -> None:
+    """Each model's map has its own scale (brain-t1's divided difference, the intensity method's normalised
+    intensity): after a run the overlay threshold is the model's voxel threshold, not a fixed number."""
+    from SlicerMAEAnomalyLib.volumes import image_from_volume
+
+    volume, table, _ = store_results(panel)
+    columns = panel.widget.logic.tableColumns(table)
+    p = panel.widget._parameterNode
+    p.inputVolume = volume
+    for voxel in (0.83, 2.14):
+        _, difference = panel.widget.logic.storeResults(volume, columns, image_from_volume(volume), 0.5, voxel)
+        p.displayThreshold = 5.0  # where the user left it for the previous model
+        panel.widget.showResults(table, difference)
+        assert p.displayThreshold == pytest.approx(voxel)
+        assert panel.widget.logic.voxelThreshold(difference) == pytest.approx(voxel)
+    # A model without a voxel threshold leaves the user's display threshold alone.
+    _, difference = panel.widget.logic.storeResults(volume, columns, image_from_volume(volume), 0.5)
+    p.displayThreshold = 3.0
+    panel.widget.showResults(table, difference)
+    assert p.displayThreshold == 3.0 and panel.widget.logic.voxelThreshold(difference) is None
