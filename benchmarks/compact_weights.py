@@ -33,16 +33,17 @@ from MAEAnomalyLib.scoring.segmentation import label_components
 from MAEAnomalyLib.scoring.voxel_maps import voxel_maps, voxel_mm3
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from t1_protocol import CASES, ixi_split
+from run_protocols import Split, ixi_volumes
 
 COLUMNS = ("score", "probability", "mae_l1", "mae_l1_position", "ssim")
 
 
 def volumes(data: Path, ixi_limit: int | None) -> list[tuple[str, Path, Path]]:
     root = data / "brats2015"
-    found = [(f"brats {c}", root / c / "t1c.nii.gz", root / c / "brainmask.nii.gz") for c in CASES]
-    _, _, unseen, unseen_masks = ixi_split(data)
-    pairs = list(zip(unseen, unseen_masks, strict=True))[:ixi_limit]
+    found = [(f"brats {c.name}", c / "t1c.nii.gz", c / "brainmask.nii.gz") for c in sorted(root.glob("pat*"))]
+    images, masks = ixi_volumes(data)
+    unseen = Split().ixi_train  # the T1 protocol's: the last volumes in sorted order are never trained on
+    pairs = list(zip(images[unseen:], masks[unseen:], strict=True))[:ixi_limit]
     return found + [(f"ixi {p.name.split('_')[0]}", p, m) for p, m in pairs]
 
 

@@ -13,7 +13,8 @@ The protocols (../shared/data/README.md):
          native T1; flair is also tested on the brats2015 cases).
 Models are trained by `python -m MAEAnomalyLib train` in a subprocess into WORK/models/NAME-KEY, KEY from
 (method, protocol, contrast, preset, --set items, training files and their sizes); an interrupted
-training continues with --resume; its output goes to WORK/models/NAME-KEY.log. Evaluations are cached in
+training continues with --resume; its output goes to WORK/models/NAME-KEY.log. A model that --max-minutes
+cut short is trained again by a run with a larger budget or none. Evaluations are cached in
 WORK/evaluations by (the model's config.json SHA-256, test set, evaluation code), so a rerun with
 everything cached only writes the tables. Without the data folder it says so and exits 0.
 """
@@ -24,6 +25,7 @@ import argparse
 import hashlib
 import json
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -118,7 +120,8 @@ class Runner:
         out.parent.mkdir(parents=True, exist_ok=True)
         write_atomic(out.parent / f"{out.name}.key.json", json.dumps(
             {"method": job.method, "protocol": job.protocol, "contrast": job.contrast, "preset": a.preset,
-             "set": a.set, "files": rp._described(t.files(), self.data)}, indent=1) + "\n")
+             "set": a.set, "max_minutes": a.max_minutes, "files": rp._described(t.files(), self.data)},
+            indent=1) + "\n")
         env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
         log = out.parent / f"{out.name}.log"
         start = time.perf_counter()
@@ -133,6 +136,16 @@ class Runner:
             return False
         say(f"  trained in {time.perf_counter() - start:.0f} s")
         return True
+
+    def cut_short(self, out: Path) -> bool:
+        """Whether a cached model was cut short by a smaller time budget than this run's (None: no budget);
+        such a model is trained again, the cut one moved to NAME-KEY.cut."""
+        summary = json.loads((out / "config.json").read_text()).get("training_summary") or {}
+        key = out.parent / f"{out.name}.key.json"
+        budget = json.loads(key.read_text()).get("max_minutes") if key.exists() else None
+        if not summary.get("stopped_by_time_budget") or budget is None:
+            return False
+        return self.args.max_minutes is None or self.args.max_minutes > budget
 
     def evaluate(self, job: rp.Job, model_dir: Path, volumes: rp.Volumes) -> dict:
         key = rp.evaluation_key(sha256(model_dir / "config.json"), volumes, self.data, self.code)
@@ -166,13 +179,17 @@ class Runner:
             say(f"skipped: {line}")
         dirs = [self.model_dir(job) for job in jobs]
         to_train = [d for job, d in zip(jobs, dirs, strict=True)
-                    if not job.shipped and not (d / "config.json").exists()]
+                    if not job.shipped and (not (d / "config.json").exists() or self.cut_short(d))]
         evaluations = sum(len(job.tests) for job in jobs)
         self.done, self.total = 0, len(to_train) + evaluations
         say(f"protocol {protocol}: {len(jobs)} models ({len(to_train)} to train, {len(jobs) - len(to_train)} "
             f"shipped or cached), {evaluations} evaluations (cached ones are reused)")
         models, results = [], []
         for job, out in zip(jobs, dirs, strict=True):
+            if out in to_train and (out / "config.json").exists():
+                say(f"{out.name}: cut short by a smaller time budget; training it again (kept as {out.name}.cut)")
+                shutil.rmtree(out.with_name(out.name + ".cut"), ignore_errors=True)
+                out.rename(out.with_name(out.name + ".cut"))
             if out in to_train and not self.train(job, out):
                 self.total -= len(job.tests)
                 continue

@@ -13,9 +13,10 @@ PROTOCOLS = ("t1", "paper")
 CONTRASTS = ("t1", "flair", "t2")  # of the paper protocol; "t1" is the native T1
 SHIPPED_T1 = {"mae_classifier": "brain-t1"}  # T1 protocol: methods whose IXI model ships with the project
 # Columns of evaluate's tables reported per method, when present; the voxel map shown beside each.
-COLUMNS = ("score", "intensity_p995", "foreground_fraction", "mae_l1", "mae_l1_position")
+COLUMNS = ("score", "probability", "intensity_p995", "foreground_fraction", "mae_l1", "mae_l1_position")
 VOXEL_MAP = {"score": "difference+post", "intensity_p995": "intensity+post"}
-LABELS = {"foreground_fraction": "brain area", "mae_l1_position": "mae_l1 by position"}
+LABELS = {"probability": "probability (the paper's score)", "foreground_fraction": "brain area",
+          "mae_l1_position": "mae_l1 by position"}
 
 
 @dataclass
@@ -216,10 +217,18 @@ HEAD = ("method", "test set", "column", "brain slices (tumour)", "AUROC", "AUPRC
         "oracle Dice", "Dice@thr", "FP mL/volume", "s/volume")
 
 
+def _from_nothing(report: dict) -> str:
+    """What the protocol costs without a cache: its trainings and evaluations, each as long as when it ran."""
+    train = sum(m.get("train_seconds") or 0 for m in report["models"] if not m["model"].startswith("shipped"))
+    evaluate = sum(r["seconds"] for r in report["results"])
+    return f"training {train / 60:.0f} min + evaluation {evaluate / 60:.0f} min"
+
+
 def markdown(report: dict) -> str:
     """One protocol's tables: the models, the slice and voxel figures, false positives on healthy volumes."""
     lines = [f"# Protocol {report['protocol']}", "",
-             f"`{report['command']}`; {report['wall_seconds']:.0f} s wall ({report['cpus']} CPU cores).", "",
+             f"`{report['command']}`; {report['wall_seconds']:.0f} s wall ({report['cpus']} CPU cores); "
+             f"from nothing: {_from_nothing(report)}.", "",
              "| method | contrast | model | trained on | slices | train s | stopped by budget | threshold |",
              "|---|---|---|---|---|---|---|---|"]
     for m in report["models"]:

@@ -40,7 +40,7 @@ from MAEAnomalyLib.methods.model import load_model
 from MAEAnomalyLib.scoring.scores import VolumeScores, difference_image, min_pixels, score_prepared
 from MAEAnomalyLib.scoring.voxel_maps import voxel_maps
 
-UNSEEN_FROM = 30  # as benchmarks/t1_protocol.py: the last 10 IXI volumes in sorted order are never trained on
+UNSEEN_FROM = 30  # as run.py's T1 protocol: the last 10 IXI volumes in sorted order are never trained on
 
 
 def implant_lesions(image: sitk.Image, brain: sitk.Image, seed: int, kind: str) -> tuple[sitk.Image, sitk.Image]:

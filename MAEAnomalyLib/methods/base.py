@@ -9,6 +9,7 @@ the Slicer module) is shared and reads only what is declared here. docs/adding-a
 
 from __future__ import annotations
 
+import importlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -87,3 +88,14 @@ class Method:
     map_settings: tuple[str, ...] = ()
     # aliases of its settings from the previous format: old "section.field" -> its dotted path
     aliases: dict[str, str] = field(default_factory=dict)
+
+
+def lazy(module: str, name: str) -> Callable[..., Any]:
+    """``module.name`` as a function that imports its module when first called, so that registering a
+    method imports no torch."""
+
+    def call(*args: Any, **kwargs: Any) -> Any:
+        return getattr(importlib.import_module(module), name)(*args, **kwargs)
+
+    call.__name__ = call.__qualname__ = name
+    return call

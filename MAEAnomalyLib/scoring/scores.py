@@ -44,6 +44,11 @@ class VolumeScores:
     segmentation: SegmentationConfig = field(default_factory=SegmentationConfig)
 
 
+def slice_threshold(cfg: object) -> float:
+    """The score at which a slice is flagged; infinite (nothing flagged) in an uncalibrated model."""
+    return float(cfg.threshold) if cfg.threshold is not None else float("inf")
+
+
 def slice_table(model: AnomalyModel, prepared: PreparedVolume, raw: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     """The table's columns in order: index, position, the thresholded ``score`` (the primary score,
     against healthy slices at the same height when the model has a position reference), the method's
@@ -61,9 +66,9 @@ def slice_table(model: AnomalyModel, prepared: PreparedVolume, raw: dict[str, np
                 n, np.nan)
     if BASELINE not in table:
         table[BASELINE] = intensity_percentile(prepared.slices.numpy(), prepared.foreground.numpy())
-    threshold = float(cfg.threshold) if cfg.threshold is not None else float("inf")
     table.update({"foreground_fraction": fraction, "brain_position": brain_position(fraction),
-                  "abnormal": ((table["score"] >= threshold) & ~skipped).astype(int), "skipped": skipped.astype(int)})
+                  "abnormal": ((table["score"] >= slice_threshold(cfg)) & ~skipped).astype(int),
+                  "skipped": skipped.astype(int)})
     return table
 
 
@@ -94,8 +99,8 @@ def score_prepared(model: AnomalyModel, prepared: PreparedVolume, device: torch.
     table = slice_table(model, prepared, raw)
     seg = cfg.segmentation
     difference = difference_image(map_slices, prepared, seg.smoothing_mm)
-    return VolumeScores(table, difference, float(cfg.threshold) if cfg.threshold is not None else float("inf"),
-                        prepared, map_slices, extras, cfg.voxel_threshold, seg)
+    return VolumeScores(table, difference, slice_threshold(cfg), prepared, map_slices, extras, cfg.voxel_threshold,
+                        seg)
 
 
 def smoothed_in_foreground(values: np.ndarray, foreground: np.ndarray, sigma_mm: float,

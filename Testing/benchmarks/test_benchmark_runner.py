@@ -111,12 +111,16 @@ def test_tables_show_every_column_and_copy_intervals_through() -> None:
                "by_volume": [{"auroc": {"score": 0.9}}, {"auroc": {"score": 0.3}}, {"auroc": {"score": 0.7}}],
                "voxel": {"maps": {"difference+post": {"auroc": 0.9, "auprc": 0.2, "best_dice": 0.3, "dice": 0.1,
                                                       "false_positive_ml_mean": 2.5}}}}
-    result = {"method": "m", "test_set": "set", "kind": "labelled", "metrics": metrics, "seconds_per_volume": 1.25}
+    result = {"method": "m", "test_set": "set", "kind": "labelled", "metrics": metrics, "seconds_per_volume": 1.25,
+              "seconds": 150.0}
     [row] = rp.rows(result)
     assert row == ("| m | set | score | 10 (4) | 0.750 [0.610, 0.880] | 0.500 | 0.800 | 0.550 | 0.600 | "
                    "0.500 / 0.600 / — | — | 0.700 (0.300–0.900) | 0.900 | 0.200 | 0.300 | 0.100 | 2.500 | 1.2 |")
-    text = rp.markdown({"protocol": "p", "command": "c", "wall_seconds": 1, "cpus": 2, "models": [],
+    models = [{"method": "m", "contrast": "t1", "model": "shipped x", "trained_on": "IXI", "train_seconds": 600.0},
+              {"method": "m", "contrast": "t1", "model": "p-t1-m-key", "trained_on": "a", "train_seconds": 1800.0}]
+    text = rp.markdown({"protocol": "p", "command": "c", "wall_seconds": 1, "cpus": 2, "models": models,
                         "results": [result]})
+    assert "`c`; 1 s wall (2 CPU cores); from nothing: training 30 min + evaluation 2 min." in text  # not shipped ones
     assert "  - `foreground_slices.score_minus.mae_l1.ci95` +0.100 [-0.200, 0.300]" in text
     assert "auroc_ci95" not in text  # shown in its AUROC cell, not listed again
     assert "precision" not in str(rp.intervals({"precision": [0, 1], "voxel": {"decision": 1}}))
@@ -184,6 +188,26 @@ def test_runner_resumes_an_interrupted_training(data: Path, tmp_path: Path) -> N
     assert "] training" not in done.stdout
     assert " --resume" in (interrupted.parent / f"{interrupted.name}.log").read_text().splitlines()[0]
     assert (interrupted / "config.json").exists()
+
+
+def test_runner_trains_again_a_model_that_a_smaller_budget_cut_short(data: Path, tmp_path: Path) -> None:
+    work, out = tmp_path / "work", tmp_path / "out"
+    first = _run(data, work, out, "--protocols", "paper", "--max-minutes", "5")
+    assert first.returncode == 0, first.stdout + first.stderr
+    [model] = [p for p in (work / "models").iterdir() if p.is_dir()]
+    assert json.loads((model.parent / f"{model.name}.key.json").read_text())["max_minutes"] == 5
+    config = json.loads((model / "config.json").read_text())
+    config["training_summary"]["stopped_by_time_budget"] = ["a stage"]  # what train writes when the budget ends one
+    (model / "config.json").write_text(json.dumps(config))
+
+    same = _run(data, work, out, "--protocols", "paper", "--max-minutes", "5")
+    assert same.returncode == 0 and "(0 to train, 1 shipped or cached)" in same.stdout
+    unlimited = _run(data, work, out, "--protocols", "paper")
+    assert unlimited.returncode == 0, unlimited.stdout + unlimited.stderr
+    assert f"{model.name}: cut short by a smaller time budget; training it again" in unlimited.stdout
+    assert f"] training intensity (paper, flair) on brats2018 flair first 3: 3 volumes -> {model}" in unlimited.stdout
+    assert json.loads((model / "config.json").read_text())["training_summary"]["stopped_by_time_budget"] == []
+    assert json.loads((model.with_name(model.name + ".cut") / "config.json").read_text()) == config
 
 
 def test_runner_without_data_says_so_and_exits_0(tmp_path: Path) -> None:

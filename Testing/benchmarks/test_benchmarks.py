@@ -53,10 +53,3 @@ def test_healthy_validation_rejects_a_task_setting_outside_pseudo_abnormal(untra
     assert done.returncode != 0
     assert done.stderr.strip().splitlines()[-1] == (
         "error: --task train.seed=3: only pseudo_abnormal settings define the validation task")
-
-
-def test_accuracy_benchmark_skips_with_a_message_without_data(tmp_path: Path) -> None:
-    done = _run("accuracy.py", tmp_path / "absent")
-    assert done.returncode == 0
-    absent = tmp_path / "absent"
-    assert done.stdout.strip() == f"skipped: no real data at {absent} (pass DATA_DIR or set MAEANOMALY_DATA)"

@@ -3,9 +3,7 @@ and the time budget."""
 
 from __future__ import annotations
 
-import os
 import shutil
-import signal
 import subprocess
 import sys
 import time
@@ -16,7 +14,7 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 import torch
-from safetensors.torch import load_file
+from training_runs import child_env, interrupt_after_checkpoint, weights
 
 from MAEAnomalyLib.core.errors import MAEAnomalyError
 from MAEAnomalyLib.data.inputs import expand_paths
@@ -46,12 +44,8 @@ def small_config() -> ModelConfig:
     return cfg
 
 
-def child_env() -> dict[str, str]:
-    return {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
 
 
-def weights(directory: Path) -> dict[str, dict[str, torch.Tensor]]:
-    return {name: load_file(str(directory / f"{name}.safetensors")) for name in ("mae", "classifier")}
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -174,24 +168,8 @@ def test_two_processes_train_one_model(volumes: tuple[Path, Path], reference: Pa
     assert model.config.threshold == pytest.approx(load_model(tmp_path / "single").config.threshold, abs=1e-3)
 
 
-def _stamp(path: Path) -> int:
-    return path.stat().st_mtime_ns if path.exists() else 0
 
 
-def _interrupt(command: list[str], checkpoint: Path) -> subprocess.CompletedProcess:
-    """Runs ``command`` and sends SIGTERM shortly after it writes its first checkpoint."""
-    before = _stamp(checkpoint / "state.safetensors")
-    with subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, encoding="utf-8", cwd=ROOT,
-                          env=child_env()) as proc:
-        deadline = time.monotonic() + 300
-        while _stamp(checkpoint / "state.safetensors") == before:
-            assert proc.poll() is None, proc.communicate()[1][-3000:]
-            assert time.monotonic() < deadline, "no checkpoint appeared"
-            time.sleep(0.005)
-        time.sleep(0.05)  # into the next epoch, so that the stop lands between two batches
-        proc.send_signal(signal.SIGTERM)
-        stdout, stderr = proc.communicate(timeout=300)
-    return subprocess.CompletedProcess(command, proc.returncode, stdout, stderr)
 
 
 def test_sigterm_then_resume_gives_the_same_weights(volumes: tuple[Path, Path], reference: Path,
@@ -202,7 +180,7 @@ def test_sigterm_then_resume_gives_the_same_weights(volumes: tuple[Path, Path], 
     # Usually the first stop lands inside an epoch; if it lands on a boundary, interrupt the resumed run again.
     mid_epoch = False
     for attempt in range(3):
-        stopped = _interrupt([*command, "--resume"] if attempt else command, out / "checkpoint")
+        stopped = interrupt_after_checkpoint([*command, "--resume"] if attempt else command, out / "checkpoint")
         assert stopped.returncode == 143, stopped.stderr[-3000:]
         assert "stopped by SIGTERM" in stopped.stderr and "--resume" in stopped.stderr
         assert not (out / "config.json").exists()

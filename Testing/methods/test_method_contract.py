@@ -7,18 +7,15 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 import SimpleITK as sitk
 import torch
-from safetensors.torch import load_file
+from training_runs import child_env, interrupt_after_checkpoint, weights
 
 from MAEAnomalyLib.data.io import to_canonical
 from MAEAnomalyLib.data.synthetic import write_cohort
@@ -44,8 +41,6 @@ def quick_settings(method: str) -> list[str]:
             *(item for name in epochs for item in ("--set", f"{method}.{name}=2"))]
 
 
-def child_env() -> dict[str, str]:
-    return {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
 
 
 def train_command(method: str, cohort: dict, out: Path, *extra: str) -> list[str]:
@@ -75,8 +70,6 @@ def trained(cohort: dict, tmp_path_factory: pytest.TempPathFactory) -> dict[str,
     return out
 
 
-def weights(directory: Path) -> dict[str, dict[str, torch.Tensor]]:
-    return {p.stem: load_file(str(p)) for p in sorted(directory.glob("*.safetensors"))}
 
 
 @pytest.mark.parametrize("method", METHODS)
@@ -130,19 +123,6 @@ def test_calibrates_evaluates_and_scores_a_cohort(method: str, trained: dict[str
     assert len(rows) == 3 and all(row.endswith(",ok") for row in rows[1:])
 
 
-def _interrupt(command: list[str], checkpoint: Path) -> subprocess.CompletedProcess:
-    """Runs ``command`` and sends SIGTERM shortly after its first checkpoint."""
-    with subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, encoding="utf-8", cwd=ROOT,
-                          env=child_env()) as proc:
-        deadline = time.monotonic() + 300
-        while not (checkpoint / "state.safetensors").exists():
-            assert proc.poll() is None, proc.communicate()[1][-3000:]
-            assert time.monotonic() < deadline, "no checkpoint appeared"
-            time.sleep(0.005)
-        time.sleep(0.05)
-        proc.send_signal(signal.SIGTERM)
-        stdout, stderr = proc.communicate(timeout=300)
-    return subprocess.CompletedProcess(command, proc.returncode, stdout, stderr)
 
 
 @pytest.mark.parametrize("method", METHODS)
@@ -155,7 +135,7 @@ def test_resumes_after_sigterm_to_the_same_model(method: str, trained: dict[str,
         done = subprocess.run(command, capture_output=True, encoding="utf-8", cwd=ROOT, env=child_env())
         assert done.returncode == 0, done.stderr[-3000:]
     else:
-        stopped = _interrupt(command, out / "checkpoint")
+        stopped = interrupt_after_checkpoint(command, out / "checkpoint")
         assert stopped.returncode == 143 and "--resume" in stopped.stderr, stopped.stderr[-3000:]
         assert not (out / "config.json").exists()
         resumed = subprocess.run([*command, "--resume"], capture_output=True, encoding="utf-8", cwd=ROOT,

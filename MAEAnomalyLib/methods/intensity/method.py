@@ -2,17 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Any
-
-from ..base import Method
+from ..base import Method, lazy
 from .config import IntensityConfig, preset
-
-
-def scorer(model: Any, device: Any) -> Any:
-    from .scorer import make_scorer
-
-    return make_scorer(model, device)
-
 
 METHOD = Method(
     name="intensity",
@@ -25,5 +16,5 @@ METHOD = Method(
     positioned={"intensity_p995": "none"},
     networks=lambda cfg: {},
     train=lambda model, data, run, progress, resumed: None,
-    scorer=scorer,
+    scorer=lazy(f"{__package__}.scorer", "make_scorer"),
 )

@@ -6,7 +6,7 @@ from __future__ import annotations
 from typing import Any
 
 from ...core.errors import MAEAnomalyError
-from ..base import Method
+from ..base import Method, lazy
 from .config import MAEClassifierConfig, preset
 
 
@@ -16,18 +16,6 @@ def networks(cfg: Any) -> dict:
 
     size, s = cfg.preprocess.image_size, cfg.settings
     return {"mae": MaskedAutoencoder(s.mae, size), "classifier": build_classifier(s.classifier, size)}
-
-
-def train(model: Any, data: Any, run: Any, progress: Any, resumed: dict | None) -> None:
-    from .stages import run_stages
-
-    run_stages(model, data, run, progress, resumed)
-
-
-def scorer(model: Any, device: Any) -> Any:
-    from .scorer import make_scorer
-
-    return make_scorer(model, device)
 
 
 def batch_slices(cfg: Any, batch_size: int) -> int:
@@ -73,8 +61,8 @@ METHOD = Method(
                   "ssim": "Mean SSIM between slice and reconstruction in the foreground"},
     empty_scores={"ssim": 1.0},
     networks=networks,
-    train=train,
-    scorer=scorer,
+    train=lazy(f"{__package__}.stages", "run_stages"),
+    scorer=lazy(f"{__package__}.scorer", "make_scorer"),
     batch_slices=batch_slices,
     min_pixels=lambda cfg: cfg.settings.mae.patch_size,
     problems=lambda cfg: cfg.settings.problems(cfg.preprocess.image_size),
