@@ -13,10 +13,10 @@ PROTOCOLS = ("t1", "paper")
 CONTRASTS = ("t1", "flair", "t2")  # of the paper protocol; "t1" is the native T1
 SHIPPED_T1 = {"mae_classifier": "brain-t1"}  # T1 protocol: methods whose IXI model ships with the project
 # Columns of evaluate's tables reported per method, when present; the voxel map shown beside each.
-COLUMNS = ("score", "probability", "intensity_p995", "foreground_fraction", "mae_l1", "mae_l1_position")
+COLUMNS = ("score", "score_volume", "probability", "intensity_p995", "foreground_fraction", "mae_l1", "mae_l1_position")
 VOXEL_MAP = {"score": "difference+post", "intensity_p995": "intensity+post"}
-LABELS = {"probability": "probability (the paper's score)", "foreground_fraction": "brain area",
-          "mae_l1_position": "mae_l1 by position"}
+LABELS = {"score_volume": "score within volume", "probability": "probability (the paper's score)",
+          "foreground_fraction": "brain area", "mae_l1_position": "mae_l1 by position"}
 
 
 @dataclass

@@ -37,6 +37,8 @@ COLUMN_DESCRIPTIONS = {
     "position_mm": "Superior (S) coordinate of the slice centre",
     "score": "The thresholded anomaly score: the method's raw score, or with a position reference its z-score "
              "against healthy slices at the same height in the brain",
+    "score_volume": "The score as a robust z-score against the other brain slices of this volume (needs no healthy "
+                    "scans of the site)",
     "intensity_p995": "99.5th percentile of normalised intensity (non-learned baseline)",
     "foreground_fraction": "Share of the slice inside the foreground mask",
     "brain_position": "Height of the slice in the brain: 0 its lowest slice, 1 its highest",

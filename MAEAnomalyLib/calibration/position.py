@@ -42,7 +42,7 @@ def position_bin(position: np.ndarray, parts: int = BINS) -> np.ndarray:
     return bins
 
 
-def _transform(values: np.ndarray, kind: str) -> np.ndarray:
+def transformed(values: np.ndarray, kind: str) -> np.ndarray:
     values = np.asarray(values, dtype=float)
     if kind == "logit":
         p = np.clip(values, _EPS, 1 - _EPS)
@@ -62,7 +62,7 @@ def reference_from_rows(bins: np.ndarray, values: dict[str, np.ndarray], transfo
                          f"these give {counts.tolist()} (lowest tenth first)")
     reference: dict = {"bins": BINS, "slices_per_bin": counts.tolist(), "columns": {}}
     for column, kind in transforms.items():
-        v_all = _transform(values[column], kind)
+        v_all = transformed(values[column], kind)
         centre = np.array([np.median(v_all[bins == b]) for b in range(BINS)])
         spread = np.array([_MAD_TO_SD * np.median(np.abs(v_all[bins == b] - centre[b])) for b in range(BINS)])
         # A tenth whose slices all score alike must not blow every deviation up.
@@ -76,7 +76,7 @@ def calibrated_rows(values: np.ndarray, bins: np.ndarray, reference: dict, colum
     """Robust z-scores of slices whose tenths of the brain are known (all ``bins`` >= 0)."""
     entry = reference["columns"][column]
     centre, spread = np.asarray(entry["centre"]), np.asarray(entry["spread"])
-    return (_transform(values, entry["transform"]) - centre[bins]) / spread[bins]
+    return (transformed(values, entry["transform"]) - centre[bins]) / spread[bins]
 
 
 def calibrated(values: np.ndarray, foreground_fraction: np.ndarray, reference: dict, column: str) -> np.ndarray:

@@ -15,10 +15,11 @@ from .bootstrap import FEW_PATIENTS, MIN_PATIENTS, PatientBootstrap, auroc_diffe
 # detector: it shows how much of an AUROC the slice's brain area alone explains (tumours sit in large
 # mid-brain slices, healthy slices include the small top and bottom ones).
 # probability (the raw classifier output) and mae_l1_position (the MAE error calibrated by position like
-# score) are there for models with a position reference.
-SCORES = {"score": 1.0, "probability": 1.0, "mae_l1": 1.0, "mae_l1_position": 1.0, "ssim": -1.0,
+# score) are there for models with a position reference. score_volume is score against the volume's own slices.
+SCORES = {"score": 1.0, "score_volume": 1.0, "probability": 1.0, "mae_l1": 1.0, "mae_l1_position": 1.0, "ssim": -1.0,
           "intensity_p995": 1.0, "foreground_fraction": 1.0}
-LABELS = {"ssim": "1 - ssim", "foreground_fraction": "foreground area", "mae_l1_position": "mae_l1 by position"}
+LABELS = {"score_volume": "score within volume", "ssim": "1 - ssim", "foreground_fraction": "foreground area",
+          "mae_l1_position": "mae_l1 by position"}
 AREA_STRATA = 5
 POSITION_GROUPS = 3  # bottom, middle and top thirds of the brain
 

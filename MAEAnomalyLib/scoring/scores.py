@@ -15,13 +15,15 @@ import SimpleITK as sitk
 import torch
 from scipy.ndimage import gaussian_filter
 
-from ..calibration.position import brain_position, calibrated
+from ..calibration.position import brain_position, calibrated, transformed
+from ..calibration.volume_reference import within_volume
 from ..core.config import SegmentationConfig
 from ..data.io import from_canonical
 from ..data.preprocessing import PreparedVolume, prepare_image
 from ..methods import get
 from ..methods.intensity.scorer import intensity_percentile
 from ..methods.model import AnomalyModel
+from .table import VOLUME_SCORE
 
 SLAB = 16  # slices per step where a full-resolution map is built slab by slab
 BASELINE = "intensity_p995"  # the non-learned baseline beside every method's columns (the intensity method's score)
@@ -51,14 +53,17 @@ def slice_threshold(cfg: object) -> float:
 
 def slice_table(model: AnomalyModel, prepared: PreparedVolume, raw: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     """The table's columns in order: index, position, the thresholded ``score`` (the primary score,
-    against healthy slices at the same height when the model has a position reference), the method's
-    columns (each positioned one also as ``NAME_position``), the baseline, and where each slice sits."""
+    against healthy slices at the same height when the model has a position reference), ``score_volume``
+    (``score`` against the volume's own slices; the transformed primary score without a reference), the
+    method's columns (each positioned one also as ``NAME_position``), the baseline, and where each slice sits."""
     cfg, method = model.config, get(model.config.method)
     n, fraction, reference = len(prepared.foreground_fraction), prepared.foreground_fraction, cfg.position_reference
     skipped = fraction == 0
     primary = raw[method.primary]
-    table = {"slice_index": np.arange(n), "position_mm": prepared.positions_mm,
-             "score": calibrated(primary, fraction, reference, method.primary) if reference else primary}
+    score = calibrated(primary, fraction, reference, method.primary) if reference else primary
+    own = score if reference else transformed(primary, method.positioned.get(method.primary, "none"))
+    table = {"slice_index": np.arange(n), "position_mm": prepared.positions_mm, "score": score,
+             VOLUME_SCORE: within_volume(own, ~skipped)}
     for name in method.columns:
         table[name] = raw[name]
         if name in method.positioned and name != method.primary:

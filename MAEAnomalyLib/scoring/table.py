@@ -15,9 +15,12 @@ from ..core.errors import MAEAnomalyError
 # between ``score`` and ``foreground_fraction`` (``scoring.scores.slice_table``). score is what the threshold
 # applies to: the method's primary score, calibrated by brain position when the model has a position reference.
 CORE_COLUMNS = ("slice_index", "position_mm", "score", "foreground_fraction", "brain_position", "abnormal", "skipped")
+# score against the volume's own slices (calibration.volume_reference): in every table written since
+# 2026-12-05, right after score; not required when a table is read, so that older tables still are.
+VOLUME_SCORE = "score_volume"
 # The table of the paper's method (mae_classifier); mae_l1_position is NaN without a position reference.
-SCORE_COLUMNS = ("slice_index", "position_mm", "score", "probability", "mae_l1", "mae_l1_position", "ssim",
-                 "intensity_p995", "foreground_fraction", "brain_position", "abnormal", "skipped")
+SCORE_COLUMNS = ("slice_index", "position_mm", "score", VOLUME_SCORE, "probability", "mae_l1", "mae_l1_position",
+                 "ssim", "intensity_p995", "foreground_fraction", "brain_position", "abnormal", "skipped")
 INTEGER_COLUMNS = ("slice_index", "abnormal", "skipped")
 
 
