@@ -211,6 +211,34 @@ def rows(result: dict) -> list[str]:
     return out
 
 
+def source_group(volume: str) -> str:
+    """Where a test case comes from: the BraTS-2018 2013 set, CBICA or TCIA, or BraTS-2015."""
+    match = re.search(r"Brats18_(2013|CBICA|TCIA)", volume)
+    return match.group(1) if match else "brats2015" if "brats2015" in volume else "other"
+
+
+def comparability_rows(result: dict) -> list[str]:
+    """Pooled AUROC against the mean of the per-patient AUROCs (a gap near 0: scores comparable across
+    volumes), and the per-patient mean by source group, per reported column."""
+    metrics = result["metrics"]
+    brain, per_volume = metrics["foreground_slices"], metrics.get("by_volume") or []
+    out = []
+    for column in (c for c in COLUMNS if c in brain and isinstance(brain[c], dict)):
+        values = {v.get("volume", str(i)): v["auroc"][column] for i, v in enumerate(per_volume)
+                  if v["auroc"].get(column) is not None}
+        if not values:
+            continue
+        mean = sum(values.values()) / len(values)
+        groups = {}
+        for volume, value in values.items():
+            groups.setdefault(source_group(volume), []).append(value)
+        by_group = ", ".join(f"{g} {sum(v) / len(v):.3f} ({len(v)})" for g, v in sorted(groups.items()))
+        pooled = brain[column]["auroc"]
+        out.append(f"| {result['method']} | {result['test_set']} | {LABELS.get(column, column)} | "
+                   f"{f3(pooled)} | {mean:.3f} | {pooled - mean:+.3f} | {by_group} |")
+    return out
+
+
 HEAD = ("method", "test set", "column", "brain slices (tumour)", "AUROC", "AUPRC", "AUROC all slices",
         "AUPRC all slices", "AUROC within area", "AUROC bottom / middle / top third",
         "AUROC lesion-size thirds", "AUROC per patient: median (range)", "voxel AUROC", "voxel AUPRC",
@@ -244,6 +272,12 @@ def markdown(report: dict) -> str:
         lines += ["", "Voxel figures: the `difference+post` map for `score` (the anomaly segmentation as `score` "
                   "makes it), `intensity+post` for `intensity_p995`; FP mL outside the tumour, mean per patient. "
                   "Lesion-size thirds: each against all normal brain slices."]
+        lines += ["", "Across volumes: the pooled AUROC against the mean of the per-patient AUROCs (a gap near 0: "
+                  "scores comparable across volumes), and the per-patient mean by source group (patients).", "",
+                  "| method | test set | column | pooled AUROC | mean per-patient AUROC | gap | by source group |",
+                  "|---|---|---|---|---|---|---|"]
+        for result in labelled:
+            lines += comparability_rows(result)
     healthy = [r for r in report["results"] if r["kind"] == "healthy"]
     if healthy:
         lines += ["", "| method | healthy volumes | brain slices | flagged | false-positive rate (target) | "

@@ -34,17 +34,14 @@ import numpy as np
 import SimpleITK as sitk
 from sklearn.metrics import roc_auc_score
 
-from MAEAnomalyLib.core.runtime import resolve_device
-from MAEAnomalyLib.core.shipped import resolve_model
 from MAEAnomalyLib.data.appearance import SIMULATED_SITES, Appearance, apply_appearance
 from MAEAnomalyLib.data.io import read_mask, read_volume, to_canonical
 from MAEAnomalyLib.data.preprocessing import prepare_image
 from MAEAnomalyLib.evaluation.voxels import CohortVoxels
-from MAEAnomalyLib.methods.model import load_model
 from MAEAnomalyLib.scoring.scores import BASELINE, min_pixels, score_prepared
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from voxel_smoothing import UNSEEN_FROM, implant_lesions
+from voxel_smoothing import UNSEEN_FROM, implant_lesions, ixi_and_model
 
 SITES = {"original": Appearance(), **SIMULATED_SITES}
 POOLED = "pooled"
@@ -123,13 +120,11 @@ def main() -> int:
     if not names or any(s not in SITES for s in names):
         parser.error(f"--sites: unknown or none in {args.sites!r}; known: {', '.join(SITES)}")
     sites = {name: SITES[name] for name in names}
-    ixi = Path(args.data) / "ixi-t1"
-    if not ixi.is_dir():
-        print(f"skipped: no ixi-t1/ in {args.data}")
+    found = ixi_and_model(args.data, args.model, args.device)
+    if found is None:
         return 0
-    model = load_model(resolve_model(args.model))
-    cfg, device = model.config, resolve_device(args.device)
-    model.to(device).eval()
+    ixi, model, device = found
+    cfg = model.config
     unseen = sorted(ixi.glob("IXI*_T1.nii.gz"))[UNSEEN_FROM:][:args.volumes]
     rows: list[Slices] = []
     voxels = {s: (CohortVoxels(cfg), CohortVoxels(cfg)) for s in [*sites, POOLED]}  # lesioned, healthy

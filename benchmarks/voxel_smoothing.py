@@ -26,6 +26,7 @@ from pathlib import Path
 
 import numpy as np
 import SimpleITK as sitk
+import torch
 from scipy.ndimage import binary_erosion, gaussian_filter
 
 from MAEAnomalyLib.calibration.voxel_threshold import VoxelCalibration
@@ -36,7 +37,7 @@ from MAEAnomalyLib.data.preprocessing import prepare_image
 from MAEAnomalyLib.engine.distributed import Dist
 from MAEAnomalyLib.evaluation.voxels import CohortVoxels
 from MAEAnomalyLib.methods.mae_classifier.scorer import anomaly_map
-from MAEAnomalyLib.methods.model import load_model
+from MAEAnomalyLib.methods.model import AnomalyModel, load_model
 from MAEAnomalyLib.scoring.scores import VolumeScores, difference_image, min_pixels, score_prepared
 from MAEAnomalyLib.scoring.voxel_maps import voxel_maps
 
@@ -84,6 +85,18 @@ def remapped(result: VolumeScores, floor: float, sigma: float) -> VolumeScores:
     return dataclasses.replace(result, difference=difference_image(slices, result.prepared, sigma), map_slices=slices)
 
 
+def ixi_and_model(data: str, model_name: str, device_name: str) -> tuple[Path, AnomalyModel, torch.device] | None:
+    """The IXI folder and the model, in eval mode on its device; None (after saying so) without the data."""
+    ixi = Path(data) / "ixi-t1"
+    if not ixi.is_dir():
+        print(f"skipped: no ixi-t1/ in {data}")
+        return None
+    model = load_model(resolve_model(model_name))
+    device = resolve_device(device_name)
+    model.to(device).eval()
+    return ixi, model, device
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("data", nargs="?", default=os.environ.get("MAEANOMALY_DATA", "../shared/data"))
@@ -92,13 +105,11 @@ def main() -> int:
     parser.add_argument("--sigmas", default="0,4,6,8,10")
     parser.add_argument("--device", default="auto")
     args = parser.parse_args()
-    ixi = Path(args.data) / "ixi-t1"
-    if not ixi.is_dir():
-        print(f"skipped: no ixi-t1/ in {args.data}")
+    found = ixi_and_model(args.data, args.model, args.device)
+    if found is None:
         return 0
-    model = load_model(resolve_model(args.model))
-    cfg, device = model.config, resolve_device(args.device)
-    model.to(device).eval()
+    ixi, model, device = found
+    cfg = model.config
     held = [ixi / Path(p).name for p in cfg.training_summary["validation_volumes"]]
     unseen = sorted(ixi.glob("IXI*_T1.nii.gz"))[UNSEEN_FROM:]
 

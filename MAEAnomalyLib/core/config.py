@@ -15,12 +15,24 @@ from typing import Any, ClassVar
 
 from .errors import MAEAnomalyError
 
+# Percentiles of the foreground intensities that histogram standardisation aligns (Nyúl, Udupa & Zhang 2000);
+# the ends are the percentile normalisation's defaults, so that every option clips the same tails.
+LANDMARK_PERCENTILES = (0.5, 10, 20, 30, 40, 50, 60, 70, 80, 90, 99.5)
+
+
+def is_standard_scale(values: list) -> bool:
+    """Whether ``values`` can be histogram landmarks: one finite number per landmark percentile, strictly
+    increasing from 0 to 1."""
+    numbers = all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in values)
+    return (numbers and len(values) == len(LANDMARK_PERCENTILES) and values[0] == 0 and values[-1] == 1
+            and all(values[i] < values[i + 1] for i in range(len(values) - 1)))
+
 
 @dataclass
 class PreprocessConfig:
     """How a volume becomes a stack of normalised square slices."""
 
-    CHOICES: ClassVar[dict] = {}
+    CHOICES: ClassVar[dict] = {"normalisation": ("percentile", "histogram", "zscore")}
     RANGES: ClassVar[dict] = {"image_size": (8, 4097), "lower_percentile": (0, 100), "upper_percentile": (0, 100.0001),
                               "min_train_foreground": (0, 1.0001), "crop_margin": (0, 1_000_000)}
 
@@ -34,12 +46,32 @@ class PreprocessConfig:
     # resizes the whole 240x240 slice.
     crop_to_foreground: bool = False
     crop_margin: int = 4
+    # How intensities inside the foreground become [0, 1] (data.standardisation): ``percentile`` maps the
+    # [lower, upper] percentiles; ``histogram`` maps each volume's LANDMARK_PERCENTILES piecewise linearly
+    # onto ``landmarks``, the standard scale learned from the training volumes; ``zscore`` maps mean ± 3 SD.
+    normalisation: str = "percentile"
+    landmarks: list[float] = dataclasses.field(default_factory=list)  # histogram only: set by training, empty otherwise
 
     def problems(self) -> list[str]:
         if self.lower_percentile >= self.upper_percentile:
             return [f"preprocess.lower_percentile ({self.lower_percentile}) must be below upper_percentile "
                     f"({self.upper_percentile})"]
+        marks = self.landmarks
+        if not (isinstance(marks, list) and (not marks or is_standard_scale(marks))):
+            return [f"preprocess.landmarks is {marks!r}; it must be empty or {len(LANDMARK_PERCENTILES)} strictly "
+                    "increasing numbers from 0 to 1"]
+        if marks and self.normalisation != "histogram":
+            return [f"preprocess.landmarks are set, but preprocess.normalisation is {self.normalisation!r}; "
+                    "only histogram uses them"]
         return []
+
+    def to_dict(self) -> dict[str, Any]:
+        """The settings as JSON data, less ``normalisation`` and ``landmarks`` while they hold their defaults:
+        a percentile model's config.json, checkpoint and slice cache key are what they were before them."""
+        data = dataclasses.asdict(self)
+        if self.normalisation == "percentile" and not self.landmarks:
+            del data["normalisation"], data["landmarks"]
+        return data
 
 
 @dataclass
@@ -48,13 +80,24 @@ class TrainConfig:
 
     CHOICES: ClassVar[dict] = {}
     RANGES: ClassVar[dict] = {"batch_size": (1, 1_000_001), "warmup_fraction": (0, 1),
-                              "validation_fraction": (0.001, 1), "seed": (0, 2**63)}
+                              "validation_fraction": (0.001, 1), "seed": (0, 2**63), "appearance": (0, 1.0001)}
 
     batch_size: int = 64  # training, reconstruction and validation batches (a method may set its own too)
     warmup_fraction: float = 0.05
     validation_fraction: float = 0.2
     hflip: bool = True
     seed: int = 0
+    # Share of training slices shown with a random scanner appearance (data.augmentation); the held-out
+    # volumes that validate and calibrate are never changed.
+    appearance: float = 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        """The settings as JSON data, less ``appearance`` while it is 0: a model's config.json, checkpoint and
+        benchmark cache key are what they were before the setting existed."""
+        data = dataclasses.asdict(self)
+        if self.appearance == 0:
+            del data["appearance"]
+        return data
 
 
 @dataclass

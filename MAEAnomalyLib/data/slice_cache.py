@@ -10,7 +10,6 @@ a changed setting gets a new entry instead of a stale one.
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import hashlib
 import json
 import multiprocessing
@@ -40,7 +39,8 @@ SLICES_NAME, FOREGROUND_NAME, META_NAME = "slices.npy", "foreground.npy", "meta.
 def cache_key(image: str | Path, mask: str | Path | None, labels: str | Path | None, cfg: PreprocessConfig,
               min_pixels: int) -> str:
     """The entry name for one volume: its inputs' contents plus every setting that shapes the slices."""
-    settings = {"format": CACHE_FORMAT, "preprocess": dataclasses.asdict(cfg), "min_pixels": min_pixels}
+    # ``to_dict``: a percentile volume's key is what it was before the other normalisations existed.
+    settings = {"format": CACHE_FORMAT, "preprocess": cfg.to_dict(), "min_pixels": min_pixels}
     parts = [json.dumps(settings, sort_keys=True)]
     for role, path in (("image", image), ("mask", mask), ("labels", labels)):
         parts.append(f"{role}={content_digest(path) if path is not None else '-'}")

@@ -67,7 +67,9 @@ class ModelConfig:
 
     def to_dict(self) -> dict[str, Any]:
         data = {"format_version": self.format_version, "method": self.method, "preset": self.preset}
-        data.update({name: dataclasses.asdict(getattr(self, name)) for name in SHARED})
+        # A section's ``to_dict`` leaves out settings newer than a model while they hold their defaults.
+        data.update({name: getattr(self, name).to_dict() if hasattr(getattr(self, name), "to_dict")
+                     else dataclasses.asdict(getattr(self, name)) for name in SHARED})
         data[self.method] = dataclasses.asdict(self.settings)
         data.update({name: getattr(self, name) for name in _RECORDS})
         return data

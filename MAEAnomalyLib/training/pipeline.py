@@ -26,6 +26,7 @@ from tqdm import tqdm
 from ..calibration.slice_threshold import threshold_from_rows
 from ..calibration.voxel_threshold import VoxelCalibration
 from ..core.errors import MAEAnomalyError
+from ..data.augmentation import AppearanceRows
 from ..data.inputs import Source
 from ..data.inputs import sources as pair_sources
 from ..data.slice_cache import CacheEntry, SliceCache, SliceRows, preparation_pool, prepare_entry
@@ -37,6 +38,7 @@ from ..methods.base import TrainingData
 from ..methods.model import AnomalyModel, load_model, save_model
 from ..methods.model_config import ModelConfig
 from .calibrate import healthy_rows, refuse_repeated_volumes
+from .standardise import learn_from_sources
 
 CHECKPOINT_DIR = "checkpoint"
 WORK_DIR = "work"  # what a method's stages write on the way (removed once the model is saved)
@@ -142,12 +144,16 @@ def train(images: Sequence[Path], out_dir: Path, cfg: ModelConfig, device: torch
             log, show_progress = _quiet, False
         torch.manual_seed(cfg.train.seed)
         train_ids, val_ids = split_volumes(len(volumes), cfg.train.validation_fraction, cfg.train.seed)
+        if cfg.preprocess.normalisation == "histogram" and not cfg.preprocess.landmarks:  # never the held-out ones
+            cfg.preprocess.landmarks = learn_from_sources([volumes[i] for i in train_ids])
         method = get(cfg.method)
         cache = SliceCache(options.cache_dir or out_dir / "slice_cache", cfg.preprocess, method.min_pixels(cfg))
         with _removed_on_error(out_dir, fresh and dist.is_main):
             keys, entries = cache_cohort(volumes, cache, dist, stop, options.workers, show_progress)
             min_fg = cfg.preprocess.min_train_foreground
             train_rows = SliceRows([entries[i] for i in train_ids], min_fg)
+            if cfg.train.appearance > 0:  # every stage of every method reads the same changed slices
+                train_rows = AppearanceRows(train_rows, cfg.train.appearance, cfg.train.seed)
             val_rows = SliceRows([entries[i] for i in val_ids], min_fg)
             if len(train_rows) == 0 or len(val_rows) == 0:
                 raise MAEAnomalyError("no healthy slices with enough foreground to train on (check masks and labels)")

@@ -126,6 +126,17 @@ def test_tables_show_every_column_and_copy_intervals_through() -> None:
     assert "precision" not in str(rp.intervals({"precision": [0, 1], "voxel": {"decision": 1}}))
 
 
+def test_comparability_compares_pooled_with_per_patient_and_groups_sources() -> None:
+    per_volume = [{"volume": f"d/brats2018/Brats18_{name}/t1.nii.gz", "auroc": {"score": value}}
+                  for name, value in (("2013_2_1", 0.9), ("CBICA_AAB_1", 0.6), ("TCIA01_1_1", 0.5))]
+    per_volume.append({"volume": "d/brats2015/pat0001/t1c.nii.gz", "auroc": {"score": 0.6}})
+    metrics = {"foreground_slices": {"score": {"auroc": 0.55}}, "by_volume": per_volume}
+    [row] = rp.comparability_rows({"method": "m", "test_set": "set", "metrics": metrics})
+    # Mean per patient (0.9 + 0.6 + 0.5 + 0.6) / 4 = 0.65: pooled is 0.10 below it.
+    assert row == "| m | set | score | 0.550 | 0.650 | -0.100 | 2013 0.900 (1), CBICA 0.600 (1), TCIA 0.500 (1), " \
+                  "brats2015 0.600 (1) |"
+
+
 def _run(data: Path, work: Path, out: Path, *extra: str) -> subprocess.CompletedProcess:
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "2"}
     env.pop("MAEANOMALY_DATA", None)
