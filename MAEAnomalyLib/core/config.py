@@ -32,7 +32,7 @@ def is_standard_scale(values: list) -> bool:
 class PreprocessConfig:
     """How a volume becomes a stack of normalised square slices."""
 
-    CHOICES: ClassVar[dict] = {"normalisation": ("percentile", "histogram", "zscore")}
+    CHOICES: ClassVar[dict] = {"normalisation": ("percentile", "histogram")}
     RANGES: ClassVar[dict] = {"image_size": (8, 4097), "lower_percentile": (0, 100), "upper_percentile": (0, 100.0001),
                               "min_train_foreground": (0, 1.0001), "crop_margin": (0, 1_000_000)}
 
@@ -48,7 +48,7 @@ class PreprocessConfig:
     crop_margin: int = 4
     # How intensities inside the foreground become [0, 1] (data.standardisation): ``percentile`` maps the
     # [lower, upper] percentiles; ``histogram`` maps each volume's LANDMARK_PERCENTILES piecewise linearly
-    # onto ``landmarks``, the standard scale learned from the training volumes; ``zscore`` maps mean ± 3 SD.
+    # onto ``landmarks``, the standard scale learned from the training volumes.
     normalisation: str = "percentile"
     landmarks: list[float] = dataclasses.field(default_factory=list)  # histogram only: set by training, empty otherwise
 

@@ -17,7 +17,7 @@ from monai.utils import convert_to_numpy, convert_to_tensor
 from ..core.config import PreprocessConfig
 from ..core.errors import MAEAnomalyError
 from .io import canonical_size, read_mask, read_volume, slice_positions_mm, to_canonical
-from .standardisation import SLAB, standardise, zscore
+from .standardisation import SLAB, standardise
 
 # A background plateau (skull-stripped or zero-filled data) covers at least this share of voxels.
 _PLATEAU_FRACTION = 0.2
@@ -69,14 +69,11 @@ def automatic_foreground(volume: np.ndarray) -> np.ndarray:
 
 def normalise(volume: np.ndarray, foreground: np.ndarray, cfg: PreprocessConfig, source: str) -> np.ndarray:
     """Maps the foreground's intensities to [0, 1] as ``cfg.normalisation`` says, clips, and zeroes the
-    background: ``percentile`` maps its [lower, upper] percentiles; ``histogram`` and ``zscore`` are in
-    ``standardisation``."""
+    background: ``percentile`` maps its [lower, upper] percentiles; ``histogram`` is in ``standardisation``."""
     if cfg.normalisation == "histogram":
         if not cfg.landmarks:
             raise MAEAnomalyError("the model's histogram standardisation has no landmarks (train it again)", source)
         return standardise(volume, foreground, cfg.landmarks, source)
-    if cfg.normalisation == "zscore":
-        return zscore(volume, foreground, source)
     if cfg.normalisation != "percentile":
         raise MAEAnomalyError(f"preprocess.normalisation {cfg.normalisation!r} is not one of "
                               f"{', '.join(PreprocessConfig.CHOICES['normalisation'])}", source)

@@ -5,7 +5,6 @@ intensities to [0, 1], clipped, with the background zero, as ``preprocessing.nor
   percentiles (``LANDMARK_PERCENTILES``) are mapped piecewise linearly onto a standard scale, the average of
   the training volumes' landmarks (each first scaled so that its ends are 0 and 1), so that a monotone change
   of contrast between scanners is undone, not only an affine one.
-- ``zscore``: the foreground's mean ± 3 standard deviations mapped to [0, 1].
 
 Numpy only; full-resolution arrays are transformed a slab of slices at a time.
 """
@@ -75,22 +74,4 @@ def standardise(volume: np.ndarray, foreground: np.ndarray, landmarks: Sequence[
         part = slice(start, start + SLAB)
         mapped = _piecewise_linear(np.asarray(volume[part], dtype=np.float64), own, standard)
         out[part] = np.clip(mapped, 0.0, 1.0) * foreground[part]
-    return out
-
-
-def zscore(volume: np.ndarray, foreground: np.ndarray, source: str = "image") -> np.ndarray:
-    """The foreground's mean ± 3 standard deviations mapped to [0, 1], clipped, zero outside the
-    foreground; float32. Mean and deviation are summed slab by slab in float64 (two passes)."""
-    _check_foreground(foreground, source)
-    parts = [slice(start, start + SLAB) for start in range(0, len(volume), SLAB)]
-    count = int(np.count_nonzero(foreground))
-    mean = sum(float(volume[p][foreground[p]].sum(dtype=np.float64)) for p in parts) / count
-    squares = sum(float(np.square(volume[p][foreground[p]].astype(np.float64) - mean).sum()) for p in parts)
-    sd = (squares / count) ** 0.5
-    if sd <= 0:
-        raise MAEAnomalyError("intensities inside the foreground are constant", source)
-    low, width = mean - 3 * sd, 6 * sd
-    out = np.empty(volume.shape, dtype=np.float32)
-    for p in parts:
-        out[p] = np.clip((np.asarray(volume[p], dtype=np.float64) - low) / width, 0.0, 1.0) * foreground[p]
     return out

@@ -1,5 +1,5 @@
 """Intensity standardisation as a preprocessing choice (``preprocess.normalisation``): Nyúl–Udupa histogram
-standardisation undoes a monotone change of contrast, the z-score maps mean ± 3 SD, the standard scale is
+standardisation undoes a monotone change of contrast, the standard scale is
 learned from the training volumes only and saved with the model, and a percentile model's config.json and
 slice cache key are what they were before the options existed."""
 
@@ -25,7 +25,6 @@ from MAEAnomalyLib.data.standardisation import (
     learn_landmarks,
     standardise,
     volume_landmarks,
-    zscore,
 )
 from MAEAnomalyLib.data.synthetic import make_subject
 from MAEAnomalyLib.methods.model import AnomalyModel, load_model, save_model
@@ -92,23 +91,7 @@ def test_learned_scale_is_the_mean_of_the_volumes_scaled_to_0_1() -> None:
         learn_landmarks([])
 
 
-def test_zscore_maps_mean_plus_minus_three_sd_by_hand() -> None:
-    # 16 foreground voxels: fifteen at 0 and one at 16, so mean 1 and SD sqrt(15) (population).
-    volume = np.full((20, 4, 4), 5000.0, dtype=np.float32)  # 20 slices: more than one slab
-    foreground = np.zeros(volume.shape, dtype=bool)
-    foreground[17] = True
-    volume[17] = 0.0
-    volume[17, 3, 3] = 16.0
-    out = zscore(volume, foreground)
-    sd = 15 ** 0.5
-    assert out.dtype == np.float32 and not out[~foreground].any()
-    assert np.allclose(out[17, 0, 0], 0.5 - 1 / (6 * sd), atol=1e-7)  # (0 - (1 - 3 sd)) / (6 sd)
-    assert out[17, 3, 3] == 1.0  # (16 - 1) / sqrt(15) = 3.87 SD above the mean: clipped
-    cfg = PreprocessConfig(normalisation="zscore")
-    assert np.array_equal(normalise(volume, foreground, cfg, "a"), out)
-
-
-@pytest.mark.parametrize("cfg", [PreprocessConfig(normalisation="zscore"),
+@pytest.mark.parametrize("cfg", [PreprocessConfig(),
                                  PreprocessConfig(normalisation="histogram", landmarks=list(np.linspace(0, 1, 11)))])
 def test_a_constant_or_empty_foreground_is_refused_naming_the_source(cfg: PreprocessConfig) -> None:
     volume = np.full((3, 8, 8), 7.0, dtype=np.float32)
@@ -136,7 +119,7 @@ def test_learn_from_sources_reads_masks_or_finds_the_foreground(tmp_path: Path) 
 
 
 @pytest.mark.parametrize(("data", "words"), [
-    ({"normalisation": "nyul"}, "preprocess.normalisation is 'nyul'; choose percentile, histogram or zscore"),
+    ({"normalisation": "nyul"}, "preprocess.normalisation is 'nyul'; choose percentile or histogram"),
     ({"normalisation": 3}, "preprocess.normalisation is 3; it must be a string"),
     ({"normalisation": "histogram", "landmarks": [0, 0.5, 1]}, "it must be empty or 11 strictly increasing numbers"),
     ({"normalisation": "histogram", "landmarks": [0.1 * i for i in range(11)][::-1]}, "strictly increasing"),
@@ -158,8 +141,8 @@ def test_the_choice_is_set_from_the_command_line() -> None:
     apply_overrides(cfg, ["preprocess.normalisation=histogram"])
     assert cfg.preprocess.normalisation == "histogram" and cfg.preprocess.landmarks == []
     cfg.check()  # landmarks are learned when training
-    with pytest.raises(MAEAnomalyError, match=r"^--set preprocess\.normalisation=nyul: choose percentile, histogram "
-                                              r"or zscore$"):
+    with pytest.raises(MAEAnomalyError, match=r"^--set preprocess\.normalisation=nyul: choose percentile or "
+                                              r"histogram$"):
         apply_overrides(cfg, ["preprocess.normalisation=nyul"])
 
 
@@ -192,10 +175,10 @@ def test_the_cache_key_of_percentile_is_the_key_before_the_options(tmp_path: Pat
     assert cache_key(image, mask, None, cfg, 8) == hashlib.sha256("\n".join(parts).encode()).hexdigest()
     # The other options, and each standard scale, are keys of their own.
     keys = {cache_key(image, mask, None, c, 8) for c in (
-        cfg, PreprocessConfig(normalisation="zscore"),
+        cfg,
         PreprocessConfig(normalisation="histogram", landmarks=list(np.linspace(0, 1, 11))),
         PreprocessConfig(normalisation="histogram", landmarks=list(np.linspace(0, 1, 11) ** 2)))}
-    assert len(keys) == 4
+    assert len(keys) == 3
 
 
 def test_training_learns_the_scale_from_the_training_volumes_only(tmp_path: Path) -> None:
