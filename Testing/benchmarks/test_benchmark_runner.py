@@ -82,10 +82,15 @@ def test_protocol_file_lists_on_a_generated_data_folder(data: Path) -> None:
     assert [m.name for m in trained.train.masks] == [f"IXI00{i}-HH-000{i}_brainmask.nii.gz" for i in range(3)]
     assert trained.train.labels is None
     names = [t.name for t in trained.tests]
-    assert names == ["brats2018 t1 (5)", "brats2018 t1c (5)", "brats2015 t1c (2)", "IXI unseen healthy (2)"]
+    assert names == ["brats2018 t1 (5)", "brats2018 t1c (5)", "brats2015 t1c (2)",
+                     "pooled: brats2018 t1 + brats2015 t1c (7)", "IXI unseen healthy (2)"]
     assert [p.parent.name for p in trained.tests[1].images] == BRATS18
     assert [p.name for p in trained.tests[1].images] == ["t1c.nii.gz"] * 5
-    assert trained.tests[3].images == ixi[3:] and trained.tests[3].labels is None
+    pooled = trained.tests[3]
+    assert pooled.images == trained.tests[0].images + trained.tests[2].images
+    assert pooled.labels == trained.tests[0].labels + trained.tests[2].labels
+    assert pooled.masks == trained.tests[0].masks + trained.tests[2].masks
+    assert trained.tests[4].images == ixi[3:] and trained.tests[4].labels is None
 
     jobs, skipped = rp.protocol_jobs("paper", data, ["intensity"], ["t1", "flair"], SPLIT)
     assert skipped == [] and [(j.contrast, j.method) for j in jobs] == [("t1", "intensity"), ("flair", "intensity")]
@@ -151,7 +156,8 @@ def test_runner_writes_the_tables_then_reuses_every_cached_model(data: Path, tmp
     first = _run(data, work, out)
     assert first.returncode == 0, first.stdout + first.stderr
     assert first.stdout.count("] training intensity") == 2  # one model per protocol
-    expected = {"t1": ["brats2018 t1 (5)", "brats2018 t1c (5)", "brats2015 t1c (2)", "IXI unseen healthy (2)"],
+    expected = {"t1": ["brats2018 t1 (5)", "brats2018 t1c (5)", "brats2015 t1c (2)",
+                       "pooled: brats2018 t1 + brats2015 t1c (7)", "IXI unseen healthy (2)"],
                 "paper": ["brats2018 flair last 2", "brats2015 flair (2)"]}
     reports = {}
     for protocol, sets in expected.items():
@@ -179,7 +185,7 @@ def test_runner_writes_the_tables_then_reuses_every_cached_model(data: Path, tmp
     assert again.returncode == 0, again.stdout + again.stderr
     assert "] training" not in again.stdout and "] resuming" not in again.stdout  # no training subprocess
     assert "(0 to train, 1 shipped or cached)" in again.stdout
-    assert again.stdout.count("] cached: intensity") == 6  # and no evaluation either
+    assert again.stdout.count("] cached: intensity") == 7  # and no evaluation either
     assert (model / "config.json").stat().st_mtime_ns == stamp
     assert {p: p.read_text() for p in (work / "models").glob("*.log")} == logs
     for protocol in expected:
