@@ -14,7 +14,7 @@ import os
 import signal
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from types import FrameType
 from typing import Any
@@ -84,6 +84,27 @@ class Dist:
             return module
         ids = [self.device.index] if self.device.type == "cuda" else None
         return nn.parallel.DistributedDataParallel(module, device_ids=ids)
+
+    def average_gradients(self, params: Iterable[torch.Tensor]) -> None:
+        """Averages the gradients of ``params`` over ranks, as DDP does, for a stage without DDP (one that
+        alternates optimisers over parts of a network, which DDP's one forward, one backward cannot follow)."""
+        params = list(params)
+        if self.world == 1 or not params:
+            return
+        for p in params:  # the same layout on every rank, even where a gradient is missing
+            if p.grad is None:
+                p.grad = torch.zeros_like(p)
+        flat = torch.cat([p.grad.reshape(-1) for p in params])
+        dist.all_reduce(flat)  # the default group: NCCL for CUDA tensors, gloo for CPU ones
+        flat /= self.world
+        for p, part in zip(params, flat.split([p.numel() for p in params]), strict=True):
+            p.grad.copy_(part.view_as(p.grad))
+
+    def broadcast_state(self, module: nn.Module) -> None:
+        """Every rank takes rank 0's parameters and buffers, as DDP does when it wraps a module."""
+        if self.world > 1:
+            for tensor in module.state_dict().values():
+                dist.broadcast(tensor, src=0)
 
     def rows(self, batch: int) -> tuple[int, int]:
         """This rank's contiguous share [a, b) of a global batch of ``batch`` samples."""

@@ -75,6 +75,10 @@ class Stage:
     optimizers: Callable[[nn.Module, int], list[Optimisation]]
     step: StepFn
     end_epoch: Callable[[float], str]  # validates and returns the line to log
+    # False: the network is not wrapped in DDP, and the step averages its gradients over ranks itself
+    # (``descend(..., run.dist)``); for steps that alternate optimisers over parts of the network, with
+    # several forward passes per backward, which DDP cannot follow
+    ddp: bool = True
 
 
 @dataclass
@@ -125,11 +129,14 @@ def adamw_warmup_cosine(net: nn.Module, lr: float, weight_decay: float, steps: i
     return [(opt, torch.optim.lr_scheduler.LambdaLR(opt, lambda s: warmup_cosine(s, steps, warmup)))]
 
 
-def descend(objective: torch.Tensor, optimisation: Optimisation) -> None:
-    """One optimiser step on ``objective``: gradients, the step, the schedule."""
+def descend(objective: torch.Tensor, optimisation: Optimisation, averaged_over: Dist | None = None) -> None:
+    """One optimiser step on ``objective``: gradients (averaged over the ranks of ``averaged_over``, for a
+    stage without DDP), the step, the schedule."""
     opt, sched = optimisation
     opt.zero_grad(set_to_none=True)
     objective.backward()
+    if averaged_over is not None:
+        averaged_over.average_gradients(p for group in opt.param_groups for p in group["params"])
     opt.step()
     if sched is not None:
         sched.step()
@@ -187,7 +194,11 @@ def train_stage(stage: Stage, run: Run, progress: Progress, resumed: dict | None
             opt.load_state_dict(opt_state)
             if sched is not None:
                 sched.load_state_dict(sched_state)
-    module = run.dist.wrap(net)
+    if stage.ddp:
+        module = run.dist.wrap(net)
+    else:
+        run.dist.broadcast_state(net)  # what DDP does on wrapping: every rank starts from rank 0's weights
+        module = net
     if run.options.compile:
         module = torch.compile(module)
     sampler = EpochBatches(run.n_train, stage.batch, run.seed, stage.name, stage.epochs,

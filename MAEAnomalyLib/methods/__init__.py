@@ -12,7 +12,7 @@ from ..core.errors import MAEAnomalyError
 from .base import Method, SliceScores
 
 DEFAULT_METHOD = "mae_classifier"
-_FOLDERS = ("mae_classifier", "intensity")  # each folder's ``method.METHOD``
+_FOLDERS = ("mae_classifier", "intensity", "ra")  # each folder's ``method.METHOD``
 _REGISTRY: dict[str, Method] = {}
 
 

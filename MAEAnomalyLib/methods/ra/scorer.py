@@ -1,0 +1,36 @@
+"""The method's scorer: the pseudo-healthy slice D(μ(x)), the anomaly map (``anomaly_map``) and its mean."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from ..base import Scorer, SliceScores
+from ..model import AnomalyModel
+from .anomaly_map import anomaly_map
+
+
+def masked_mean(values: torch.Tensor, foreground: torch.Tensor) -> torch.Tensor:
+    """The mean of each (N, 1, S, S) map inside its foreground (0 without)."""
+    fg = foreground.to(values.dtype)
+    return (values * fg).sum(dim=(1, 2, 3)) / fg.sum(dim=(1, 2, 3)).clamp(min=1)
+
+
+def make_scorer(model: AnomalyModel, device: torch.device) -> Scorer:
+    """Scores a batch of slices in float32. The code decoded is the mean μ, never a sample, and the batch
+    norms use their running statistics: a slice's scores and map are the same in any batch."""
+    s = model.config.settings
+    net = model.ra.to(device).eval()
+
+    @torch.inference_mode()
+    def score(images: torch.Tensor, fg: torch.Tensor, idx: np.ndarray) -> SliceScores:
+        images, fg = images.to(device).float(), fg.to(device)
+        pseudo = net.pseudo_healthy(images)
+        amap = anomaly_map(pseudo, images, fg, s.clahe_clip, s.clahe_tiles)
+        # The authors' image score is the map's mean over the whole slice; ours is over the brain, where the
+        # map is defined, so that a small brain section (the brain's ends) does not lower it.
+        scores = {"ra_map_mean": masked_mean(amap, fg).cpu().numpy(),
+                  "ra_l1": masked_mean((pseudo - images).abs(), fg).cpu().numpy()}
+        return SliceScores(scores, amap.cpu())
+
+    return score
