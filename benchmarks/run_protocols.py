@@ -89,7 +89,7 @@ def protocol_jobs(protocol: str, data: Path, methods: list[str], contrasts: list
         if b18 and b15:  # issue 30's target: one ranking across every patient and both sources
             parts = [case_volumes("", b18, "t1"), case_volumes("", b15, "t1c")]
             tests.append(Volumes(f"pooled: brats2018 t1 + brats2015 t1c ({len(b18) + len(b15)})",
-                                 *(sum((getattr(v, f) for v in parts), []) for f in ("images", "masks", "labels"))))
+                                 *([p for v in parts for p in getattr(v, f)] for f in ("images", "masks", "labels"))))
         tests.append(Volumes(f"IXI unseen healthy ({m})", images[-m:], masks[-m:]))
         skipped += [f"t1: no {d}/ in {data}" for d, c in (("brats2018", b18), ("brats2015", b15)) if not c]
         for method in methods:
