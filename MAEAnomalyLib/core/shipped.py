@@ -23,10 +23,28 @@ class ShippedModel:
     summary: str
 
 
+def _beside_package() -> Path:
+    return Path(__file__).resolve().parents[2] / "models"
+
+
 def models_dir() -> Path:
     """Where the shipped models are."""
     override = os.environ.get("MAEANOMALY_MODELS")
-    return Path(override) if override else Path(__file__).resolve().parents[2] / "models"
+    return Path(override) if override else _beside_package()
+
+
+def shipped_file(*parts: str) -> Path:
+    """A file that ships under ``models/`` without being a model (no ``config.json`` beside it, so that
+    ``shipped_models`` does not list it): the LPIPS weights ``models/lpips/alex.safetensors``. Looked for in
+    ``models_dir()``, then beside the package, where a checkout and the Slicer extension have it, since
+    ``MAEANOMALY_MODELS`` may name a folder of one's own models only."""
+    places = list(dict.fromkeys([models_dir().joinpath(*parts), _beside_package().joinpath(*parts)]))
+    found = next((p for p in places if p.is_file()), None)
+    if found is None:
+        raise MAEAnomalyError(f"the shipped file {'/'.join(parts)} is missing (looked in "
+                              f"{', '.join(str(p.parent) for p in places)}); reinstall MAEAnomaly or run "
+                              "from a complete checkout")
+    return found
 
 
 def _summary(card: Path) -> str:

@@ -22,6 +22,7 @@ from MAEAnomalyLib.methods.model_config import preset
 from MAEAnomalyLib.methods.ra.anomaly_map import anomaly_map, clahe
 from MAEAnomalyLib.methods.ra.config import approximate_parameters
 from MAEAnomalyLib.methods.ra.losses import exp_elbo, kl_divergence, reparameterise, reversed_loss, squared_error
+from MAEAnomalyLib.methods.ra.lpips import SpatialLPIPS, load_lpips
 from MAEAnomalyLib.methods.ra.stages import RAStage
 
 
@@ -128,18 +129,23 @@ def head(size: int = 64) -> tuple[torch.Tensor, torch.Tensor]:
     return image.view(1, 1, size, size), fg.view(1, 1, size, size)
 
 
-def test_identical_images_give_a_zero_map() -> None:
+@pytest.fixture(scope="module")
+def lpips() -> SpatialLPIPS:
+    return load_lpips()
+
+
+def test_identical_images_give_a_zero_map(lpips: SpatialLPIPS) -> None:
     image, fg = head()
-    assert torch.equal(anomaly_map(image, image, fg, 0.01, 8), torch.zeros_like(image))
+    assert torch.equal(anomaly_map(image, image, fg, 0.01, 8, lpips), torch.zeros_like(image))
     out = clahe(image)
     assert out.shape == image.shape and out.min() == 0 and out.max() == 1
 
 
-def test_a_difference_inside_the_brain_shows_there_and_nowhere_far() -> None:
+def test_a_difference_inside_the_brain_shows_there_and_nowhere_far(lpips: SpatialLPIPS) -> None:
     image, fg = head()
     pseudo = image.clone()
     pseudo[..., 28:36, 28:36] += 0.3  # one 8×8 square in the middle of the brain, still within [0, 1]
-    amap = anomaly_map(pseudo, image, fg, 0.01, 8)
+    amap = anomaly_map(pseudo, image, fg, 0.01, 8, lpips)
     assert (amap[~fg] == 0).all()  # nothing outside the foreground
     assert (amap[..., 28:36, 28:36] > 0).all()  # every changed pixel
     assert amap.max() == amap[..., 28:36, 28:36].max()

@@ -1,7 +1,7 @@
-"""The Reversed Autoencoder's anomaly map: |CLAHE(x_ph) − CLAHE(x)| inside the foreground, after the authors'
-``projects/23_ra_midl/DownstreamEvaluator.py`` (github ci-ber/RA), which also weights it by two LPIPS maps
-(``perceptual_weight``: not yet, see issue 31). They equalise with scikit-image's ``equalize_adapthist``;
-neither it nor another CLAHE is among our dependencies, so ``clahe`` is a plain one with its defaults."""
+"""The Reversed Autoencoder's anomaly map: |CLAHE(x_ph) − CLAHE(x)| weighted by two smoothed LPIPS maps
+(``perceptual_weight``), inside the foreground, after the authors' ``projects/23_ra_midl/DownstreamEvaluator.py``
+(github ci-ber/RA). They equalise with scikit-image's ``equalize_adapthist``; neither it nor another CLAHE
+is among our dependencies, so ``clahe`` is a plain one with its defaults."""
 
 from __future__ import annotations
 
@@ -9,6 +9,8 @@ import math
 
 import torch
 import torch.nn.functional as F
+
+from .lpips import SpatialLPIPS
 
 
 def stretch(images: torch.Tensor) -> torch.Tensor:
@@ -58,17 +60,42 @@ def clahe(images: torch.Tensor, tiles: int = 8, clip: float = 0.01, bins: int = 
     return stretch(out)
 
 
-def perceptual_weight(pseudo_healthy: torch.Tensor, images: torch.Tensor) -> torch.Tensor:
-    """The authors multiply the residual by S1·S2, the LPIPS (SqueezeNet) spatial maps of (x_ph, x) and of
-    their CLAHE images, each smoothed by a Gaussian of σ = 2. That needs a pretrained backbone we do not ship
-    yet (issue 31, item 2): until then every pixel weighs 1."""
-    return torch.ones_like(images)
+def gaussian_smooth(maps: torch.Tensor, sigma: float = 2.0, truncate: float = 4.0) -> torch.Tensor:
+    """Each (N, 1, H, W) map filtered by a Gaussian of ``sigma`` pixels, as scipy.ndimage's
+    ``gaussian_filter`` does by default: the kernel cut at ``truncate`` σ and normalised, the map's edges
+    mirrored about the edge (``mode="reflect"``: d c b a | a b c d)."""
+    radius = int(truncate * sigma + 0.5)
+    x = torch.arange(-radius, radius + 1, device=maps.device, dtype=torch.float64)
+    kernel = torch.exp(-0.5 * (x / sigma) ** 2)
+    kernel = (kernel / kernel.sum()).to(maps.dtype)
+
+    def along(values: torch.Tensor, dim: int) -> torch.Tensor:
+        size = values.shape[dim]
+        index = torch.arange(-radius, size + radius, device=maps.device) % (2 * size)
+        index = torch.where(index < size, index, 2 * size - 1 - index)  # mirrored, any radius
+        padded = values.index_select(dim, index).movedim(dim, -1)  # (..., size + 2 radius)
+        out = F.conv1d(padded.reshape(-1, 1, padded.shape[-1]), kernel.view(1, 1, -1))
+        return out.view(*padded.shape[:-1], size).movedim(-1, dim)
+
+    return along(along(maps, 2), 3)
+
+
+def perceptual_weight(pseudo_healthy: torch.Tensor, images: torch.Tensor, equalised_pseudo: torch.Tensor,
+                      equalised: torch.Tensor, lpips: SpatialLPIPS) -> torch.Tensor:
+    """S1·S2, as the authors weight the residual: S1 the LPIPS spatial map of (x_ph, x), S2 that of their
+    CLAHE images, each smoothed by a Gaussian of σ = 2 pixels. Their LPIPS has the SqueezeNet backbone; ours
+    AlexNet's (``lpips``: the one whose weights we may ship)."""
+    s1 = gaussian_smooth(lpips(pseudo_healthy, images))
+    s2 = gaussian_smooth(lpips(equalised_pseudo, equalised))
+    return s1 * s2
 
 
 def anomaly_map(pseudo_healthy: torch.Tensor, images: torch.Tensor, foreground: torch.Tensor, clip: float,
-                tiles: int) -> torch.Tensor:
+                tiles: int, lpips: SpatialLPIPS) -> torch.Tensor:
     """|CLAHE(x_ph) − CLAHE(x)| × the perceptual weight, zero outside the foreground; both images clamped to
-    [0, 1] first, as the authors' evaluator does. The equalisation sees the whole slice, background too."""
+    [0, 1] first, as the authors' evaluator does. The equalisation and LPIPS see the whole slice, background
+    too."""
     x_ph, x = pseudo_healthy.float().clamp(0, 1), images.float().clamp(0, 1)
-    residual = (clahe(x_ph, tiles, clip) - clahe(x, tiles, clip)).abs()
-    return residual * perceptual_weight(x_ph, x) * foreground.to(residual.dtype)
+    eq_ph, eq = clahe(x_ph, tiles, clip), clahe(x, tiles, clip)
+    residual = (eq_ph - eq).abs()
+    return residual * perceptual_weight(x_ph, x, eq_ph, eq, lpips) * foreground.to(residual.dtype)

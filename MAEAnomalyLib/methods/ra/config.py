@@ -63,7 +63,8 @@ class RAConfig:
     # RA_Trainer.py keeps its best model; "last": the last epoch's.
     selection: str = "best_validation"
     # The map's contrast-limited adaptive histogram equalisation: scikit-image's defaults, which
-    # DownstreamEvaluator.py uses (clip limit 0.01, tiles of 1/8 of the side).
+    # DownstreamEvaluator.py uses (clip limit 0.01, tiles of 1/8 of the side). The map's LPIPS weighting
+    # has no settings (σ = 2 px, the shipped AlexNet LPIPS: ``anomaly_map``).
     clahe_clip: float = 0.01
     clahe_tiles: int = 8
 
@@ -74,6 +75,9 @@ class RAConfig:
         if image_size is not None and image_size % 2**self.stages:
             problems.append(f"preprocess.image_size ({image_size}) must be a multiple of 2 ** ra.stages "
                             f"({2**self.stages})")
+        if image_size is not None and image_size < LPIPS_MIN_SIZE:
+            problems.append(f"preprocess.image_size ({image_size}) must be at least {LPIPS_MIN_SIZE}, the "
+                            "smallest slice the map's LPIPS network (AlexNet) takes")
         if image_size is not None and image_size < self.clahe_tiles:
             problems.append(f"preprocess.image_size ({image_size}) must be at least ra.clahe_tiles "
                             f"({self.clahe_tiles})")
@@ -83,6 +87,10 @@ class RAConfig:
                             "paper preset")
         return problems
 
+
+# The smallest side the map's LPIPS AlexNet takes (``lpips``): its 11×11 stride-4 convolution and two 3×3
+# stride-2 poolings leave nothing of a smaller slice.
+LPIPS_MIN_SIZE = 31
 
 # A config.json is untrusted: networks larger than this many times the paper preset's are refused unbuilt.
 SIZE_CAP_FACTOR = 10

@@ -1,4 +1,5 @@
-"""The method's scorer: the pseudo-healthy slice D(μ(x)), the anomaly map (``anomaly_map``) and its mean."""
+"""The method's scorer: the pseudo-healthy slice D(μ(x)), the anomaly map (``anomaly_map``, with the shipped
+LPIPS network) and its mean."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import torch
 from ..base import Scorer, SliceScores
 from ..model import AnomalyModel
 from .anomaly_map import anomaly_map
+from .lpips import load_lpips
 
 
 def masked_mean(values: torch.Tensor, foreground: torch.Tensor) -> torch.Tensor:
@@ -21,12 +23,13 @@ def make_scorer(model: AnomalyModel, device: torch.device) -> Scorer:
     norms use their running statistics: a slice's scores and map are the same in any batch."""
     s = model.config.settings
     net = model.ra.to(device).eval()
+    lpips = load_lpips().to(device)
 
     @torch.inference_mode()
     def score(images: torch.Tensor, fg: torch.Tensor, idx: np.ndarray) -> SliceScores:
         images, fg = images.to(device).float(), fg.to(device)
         pseudo = net.pseudo_healthy(images)
-        amap = anomaly_map(pseudo, images, fg, s.clahe_clip, s.clahe_tiles)
+        amap = anomaly_map(pseudo, images, fg, s.clahe_clip, s.clahe_tiles, lpips)
         # The authors' image score is the map's mean over the whole slice; ours is over the brain, where the
         # map is defined, so that a small brain section (the brain's ends) does not lower it.
         scores = {"ra_map_mean": masked_mean(amap, fg).cpu().numpy(),
