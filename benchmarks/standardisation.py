@@ -75,8 +75,9 @@ def main() -> int:
     unseen = sorted(ixi.glob("IXI*_T1.nii.gz"))[UNSEEN_FROM:][:args.volumes]
     measures: dict[str, dict[str, list[tuple[float, float]]]] = {s: {o: [] for o in OPTIONS} for s in SIMULATED_SITES}
     for k, path in enumerate(unseen):
-        image = to_canonical(read_volume(path))
-        brain = sitk.GetArrayFromImage(to_canonical(read_mask(brain_of(path), read_volume(path)))) > 0
+        acquired_image = read_volume(path)
+        image = to_canonical(acquired_image)
+        brain = sitk.GetArrayFromImage(to_canonical(read_mask(brain_of(path), acquired_image))) > 0
         array, spacing = sitk.GetArrayFromImage(image), image.GetSpacing()[::-1]
         acquired = {o: normalise(array, brain, cfg, path.name) for o, cfg in configs.items()}
         for site, appearance in SIMULATED_SITES.items():
