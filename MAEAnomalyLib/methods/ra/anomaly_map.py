@@ -9,6 +9,7 @@ import math
 
 import torch
 import torch.nn.functional as F
+from scipy.ndimage import gaussian_filter
 
 from .lpips import SpatialLPIPS
 
@@ -61,23 +62,10 @@ def clahe(images: torch.Tensor, tiles: int = 8, clip: float = 0.01, bins: int = 
 
 
 def gaussian_smooth(maps: torch.Tensor, sigma: float = 2.0, truncate: float = 4.0) -> torch.Tensor:
-    """Each (N, 1, H, W) map filtered by a Gaussian of ``sigma`` pixels, as scipy.ndimage's
-    ``gaussian_filter`` does by default: the kernel cut at ``truncate`` σ and normalised, the map's edges
-    mirrored about the edge (``mode="reflect"``: d c b a | a b c d)."""
-    radius = int(truncate * sigma + 0.5)
-    x = torch.arange(-radius, radius + 1, device=maps.device, dtype=torch.float64)
-    kernel = torch.exp(-0.5 * (x / sigma) ** 2)
-    kernel = (kernel / kernel.sum()).to(maps.dtype)
-
-    def along(values: torch.Tensor, dim: int) -> torch.Tensor:
-        size = values.shape[dim]
-        index = torch.arange(-radius, size + radius, device=maps.device) % (2 * size)
-        index = torch.where(index < size, index, 2 * size - 1 - index)  # mirrored, any radius
-        padded = values.index_select(dim, index).movedim(dim, -1)  # (..., size + 2 radius)
-        out = F.conv1d(padded.reshape(-1, 1, padded.shape[-1]), kernel.view(1, 1, -1))
-        return out.view(*padded.shape[:-1], size).movedim(-1, dim)
-
-    return along(along(maps, 2), 3)
+    """Each (N, 1, H, W) map filtered in its plane by scipy.ndimage's ``gaussian_filter`` (``sigma`` pixels,
+    edges mirrored), the smoothing the authors use; the maps come back on their device and in their dtype."""
+    smoothed = gaussian_filter(maps.detach().cpu().double().numpy(), sigma=(0, 0, sigma, sigma), truncate=truncate)
+    return torch.from_numpy(smoothed).to(device=maps.device, dtype=maps.dtype)
 
 
 def perceptual_weight(pseudo_healthy: torch.Tensor, images: torch.Tensor, equalised_pseudo: torch.Tensor,
