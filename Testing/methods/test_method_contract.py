@@ -5,7 +5,6 @@ weights, and train under two-process torchrun to what one process trains."""
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import subprocess
 import sys
@@ -15,7 +14,7 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 import torch
-from training_runs import child_env, interrupt_after_checkpoint, weights
+from training_runs import child_env, interrupt_after_checkpoint, train_command, weights
 
 from MAEAnomalyLib.data.io import to_canonical
 from MAEAnomalyLib.data.synthetic import write_cohort
@@ -30,23 +29,6 @@ from MAEAnomalyLib.training.site import calibrate_site
 pytestmark = pytest.mark.slow  # every method is trained
 ROOT = Path(__file__).resolve().parents[2]
 METHODS = names()
-
-
-def quick_settings(method: str) -> list[str]:
-    """The smallest run of any method: 32-px slices, batches of 8, and every epoch count of its section at 2
-    (found by name, so that a new method needs no entry here)."""
-    settings = get(method).settings_type()
-    epochs = [f.name for f in dataclasses.fields(settings) if f.name.endswith("epochs")]
-    return ["--preset", "tiny", "--set", "preprocess.image_size=32", "--set", "train.batch_size=8",
-            *(item for name in epochs for item in ("--set", f"{method}.{name}=2"))]
-
-
-
-
-def train_command(method: str, cohort: dict, out: Path, *extra: str) -> list[str]:
-    return [sys.executable, "-m", "MAEAnomalyLib", "train", "--method", method, *quick_settings(method),
-            "--device", "cpu", "--workers", "0", "--out", str(out), "--images", *map(str, cohort["images"]),
-            "--masks", *map(str, cohort["masks"]), *extra]
 
 
 @pytest.fixture(scope="module")
