@@ -12,7 +12,8 @@ from ..core.errors import MAEAnomalyError
 from .base import Method, SliceScores
 
 DEFAULT_METHOD = "mae_classifier"
-_FOLDERS = ("mae_classifier", "intensity", "ra")  # each folder's ``method.METHOD``
+# each folder's ``method.METHOD``, or ``method.METHODS`` where one folder holds a method and its ablation
+_FOLDERS = ("mae_classifier", "intensity", "ra", "maediff")
 _REGISTRY: dict[str, Method] = {}
 
 
@@ -26,7 +27,9 @@ def register(method: Method) -> Method:
 def _load() -> None:
     for folder in _FOLDERS:
         if folder not in _REGISTRY:
-            register(importlib.import_module(f"{__name__}.{folder}.method").METHOD)
+            module = importlib.import_module(f"{__name__}.{folder}.method")
+            for method in getattr(module, "METHODS", None) or (module.METHOD,):
+                register(method)
 
 
 def names() -> list[str]:
