@@ -80,24 +80,13 @@ class TrainConfig:
 
     CHOICES: ClassVar[dict] = {}
     RANGES: ClassVar[dict] = {"batch_size": (1, 1_000_001), "warmup_fraction": (0, 1),
-                              "validation_fraction": (0.001, 1), "seed": (0, 2**63), "appearance": (0, 1.0001)}
+                              "validation_fraction": (0.001, 1), "seed": (0, 2**63)}
 
     batch_size: int = 64  # training, reconstruction and validation batches (a method may set its own too)
     warmup_fraction: float = 0.05
     validation_fraction: float = 0.2
     hflip: bool = True
     seed: int = 0
-    # Share of training slices shown with a random scanner appearance (data.augmentation); the held-out
-    # volumes that validate and calibrate are never changed.
-    appearance: float = 0.0
-
-    def to_dict(self) -> dict[str, Any]:
-        """The settings as JSON data, less ``appearance`` while it is 0: a model's config.json, checkpoint and
-        benchmark cache key are what they were before the setting existed."""
-        data = dataclasses.asdict(self)
-        if self.appearance == 0:
-            del data["appearance"]
-        return data
 
 
 @dataclass

@@ -19,6 +19,7 @@ REMOVED: dict[tuple[str, str], Any] = {
     ("train", "classifier_ema"): 0.0,
     ("train", "classifier_shift"): 0.0,
     ("train", "reconstruction_variants"): 1,
+    ("train", "appearance"): 0.0,
 }
 
 def without_removed(data: dict[str, Any]) -> dict[str, Any]:

@@ -78,8 +78,8 @@ class ModelConfig:
     def from_dict(cls, data: dict[str, Any]) -> ModelConfig:
         """Builds a config from JSON data (format 1 or 2), rejecting unknown or missing sections."""
         data = {k: v for k, v in data.items() if k != DIGESTS_KEY}
-        if data.get("format_version", FORMAT_VERSION) == 1:
-            data = from_format_1(data)
+        # Format 2's removed options (train.appearance) are dropped or refused as format 1's are.
+        data = from_format_1(data) if data.get("format_version", FORMAT_VERSION) == 1 else without_removed(data)
         method = data.get("method", DEFAULT_METHOD)
         if method not in names():
             raise ValueError(f"method '{method}' is not one of this version's ({', '.join(names())})")

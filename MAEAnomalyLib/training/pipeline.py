@@ -26,7 +26,6 @@ from tqdm import tqdm
 from ..calibration.slice_threshold import threshold_from_rows
 from ..calibration.voxel_threshold import VoxelCalibration
 from ..core.errors import MAEAnomalyError
-from ..data.augmentation import AppearanceRows
 from ..data.inputs import Source
 from ..data.inputs import sources as pair_sources
 from ..data.slice_cache import CacheEntry, SliceCache, SliceRows, preparation_pool, prepare_entry
@@ -152,8 +151,6 @@ def train(images: Sequence[Path], out_dir: Path, cfg: ModelConfig, device: torch
             keys, entries = cache_cohort(volumes, cache, dist, stop, options.workers, show_progress)
             min_fg = cfg.preprocess.min_train_foreground
             train_rows = SliceRows([entries[i] for i in train_ids], min_fg)
-            if cfg.train.appearance > 0:  # every stage of every method reads the same changed slices
-                train_rows = AppearanceRows(train_rows, cfg.train.appearance, cfg.train.seed)
             val_rows = SliceRows([entries[i] for i in val_ids], min_fg)
             if len(train_rows) == 0 or len(val_rows) == 0:
                 raise MAEAnomalyError("no healthy slices with enough foreground to train on (check masks and labels)")

@@ -52,7 +52,7 @@ def test_huge_finite_values_are_not_called_infinite(tmp_path: Path) -> None:
      "--set trian.seed=1: no section 'trian' (sections: preprocess, train, calibration, segmentation, "
      "mae_classifier)"),
     ("train.bach_size=4", "--set train.bach_size=4: train has no setting 'bach_size' (settings: batch_size, "
-                          "warmup_fraction, validation_fraction, hflip, seed, appearance)"),
+                          "warmup_fraction, validation_fraction, hflip, seed)"),
     ("mae_classifier.mae.dept=4", "--set mae_classifier.mae.dept=4: mae_classifier.mae has no setting 'dept' "
                                   "(settings: patch_size, embed_dim, depth, "),
     ("train.seed", "--set train.seed: expected SECTION.FIELD=VALUE"),

@@ -115,24 +115,26 @@ def as_format_1(data: dict) -> dict:
     return old
 
 
-@pytest.mark.parametrize(("section", "name", "off", "other"), [
-    ("classifier", "members", 1, 3),
-    ("classifier", "drop_path_rate", 0.0, 0.1),
-    ("train", "classifier_ema", 0.0, 0.95),
-    ("train", "classifier_shift", 0.0, 0.1),
-    ("train", "reconstruction_variants", 1, 2),
+@pytest.mark.parametrize(("section", "name", "off", "other", "format_1"), [
+    ("classifier", "members", 1, 3, True),
+    ("classifier", "drop_path_rate", 0.0, 0.1, True),
+    ("train", "classifier_ema", 0.0, 0.95, True),
+    ("train", "classifier_shift", 0.0, 0.1, True),
+    ("train", "reconstruction_variants", 1, 2, True),
+    ("train", "appearance", 0.0, 0.8, False),
 ])
 def test_removed_settings_load_only_at_their_old_default(tmp_path: Path, section: str, name: str, off: object,
-                                                         other: object) -> None:
-    """A model directory written before the option was removed (format 1) loads as before when the option
-    is off, and is refused in one line naming the setting when it is on."""
+                                                         other: object, format_1: bool) -> None:
+    """A model directory written before the option was removed (in the format of its time) loads as before
+    when the option is off, and is refused in one line naming the setting when it is on."""
     torch.manual_seed(0)
     cfg = preset("tiny")
     cfg.threshold = 0.5
     model = AnomalyModel.from_config(cfg)
     save_model(model, tmp_path / "m")
     path = tmp_path / "m" / "config.json"
-    data = as_format_1(json.loads(path.read_text()))
+    data = json.loads(path.read_text())
+    data = as_format_1(data) if format_1 else data
     data[section][name] = off
     path.write_text(json.dumps(data))
     loaded = load_model(tmp_path / "m")

@@ -5,18 +5,24 @@ schedule is the cosine formula, and a slice scores the same in any batch."""
 from __future__ import annotations
 
 import math
+import subprocess
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from training_runs import ROOT, child_env, train_command
 
+from MAEAnomalyLib.core.errors import MAEAnomalyError
+from MAEAnomalyLib.data.synthetic import write_cohort
 from MAEAnomalyLib.methods import get
 from MAEAnomalyLib.methods.maediff.config import MAEDiffConfig, preset
 from MAEAnomalyLib.methods.maediff.network import PatchDiffusionUNet
 from MAEAnomalyLib.methods.maediff.patches import make_scheduler, noise_patch, origins, patch_masks, stitch
 from MAEAnomalyLib.methods.maediff.scorer import make_scorer, patches_per_slice
-from MAEAnomalyLib.methods.model import AnomalyModel
+from MAEAnomalyLib.methods.model import AnomalyModel, load_model
 from MAEAnomalyLib.methods.model_config import preset as model_preset
+from MAEAnomalyLib.training.site import calibrate_site
 
 
 def test_patches_cover_the_slice_and_their_count_follows_the_stride() -> None:
@@ -122,3 +128,26 @@ def test_settings_that_cannot_build_or_are_too_large_are_refused_unbuilt() -> No
     assert any("test_step (1000) must be below" in p for p in cfg.problems(size))
     huge = MAEDiffConfig(width=4096, norm_groups=32, head_channels=64)
     assert huge.problems(96) == ["the network would have more than 10 times the parameters of the paper preset"]
+
+
+@pytest.mark.slow  # trains a model
+def test_calibrate_changes_the_test_stride_of_a_trained_model(tmp_path: Path) -> None:
+    healthy, _ = write_cohort(tmp_path / "data", healthy=4, lesioned=0, seed=3)
+    cohort = {"images": [h[0] for h in healthy], "masks": [h[1] for h in healthy]}
+    trained = tmp_path / "model"
+    done = subprocess.run(train_command("maediff", cohort, trained), capture_output=True, encoding="utf-8",
+                          cwd=ROOT, env=child_env(), timeout=900)
+    assert done.returncode == 0, done.stderr[-3000:]
+    images, masks = [str(p) for p in cohort["images"]], [str(p) for p in cohort["masks"]]
+    same, finer = tmp_path / "same", tmp_path / "finer"
+    for out, settings in ((same, []), (finer, ["maediff.stride=4"])):
+        calibrate_site(trained, images, masks, "none", out, torch.device("cpu"), target_fpr=0.2, settings=settings)
+    before, after = load_model(same), load_model(finer)
+    assert (before.config.settings.stride, after.config.settings.stride) == (8, 4)
+    assert after.config.threshold != before.config.threshold  # recomputed from the new stride's scores
+    for name in before.networks:
+        assert all(torch.equal(a, b) for a, b in zip(before.networks[name].state_dict().values(),
+                                                      after.networks[name].state_dict().values(), strict=True))
+    with pytest.raises(MAEAnomalyError, match="calibrate changes segmentation settings only"):
+        calibrate_site(trained, images, masks, "none", tmp_path / "wider", torch.device("cpu"),
+                       settings=["maediff.width=16"])

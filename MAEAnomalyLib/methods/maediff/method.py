@@ -51,6 +51,9 @@ def _method(name: str, summary: str, mae: bool) -> Method:
         batch_slices=batch_slices,
         problems=lambda cfg: cfg.settings.problems(cfg.preprocess.image_size),
         summary_of_training=summary_of_training,
+        # Scoring only: the network is the same whatever the test stride or step, so calibrate may change
+        # them (with the thresholds and position reference they move).
+        map_settings=("stride", "test_step"),
     )
 
 
