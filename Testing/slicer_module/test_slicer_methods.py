@@ -1,6 +1,7 @@
 """Every registered method through the Slicer module's logic on a real MRML scene (slicer-core wheel): a model
 of each, trained through the command line, scores a volume node in this process and in the background
-process, into the same table and difference nodes as the command line's files, leaving the input unchanged."""
+process, into the same table and difference nodes as the command line's files, leaving the input unchanged.
+The default method is covered in depth by test_slicer_logic.py, on the session's tiny model."""
 
 from __future__ import annotations
 
@@ -17,7 +18,7 @@ from training_runs import child_env, train_command  # noqa: E402
 
 from MAEAnomalyLib.cli.main import main as cli_main  # noqa: E402
 from MAEAnomalyLib.data.synthetic import make_subject, write_cohort  # noqa: E402
-from MAEAnomalyLib.methods import names  # noqa: E402
+from MAEAnomalyLib.methods import DEFAULT_METHOD, names  # noqa: E402
 from MAEAnomalyLib.scoring.table import read_table_csv  # noqa: E402
 from SlicerMAEAnomalyLib.logic import MAEAnomalyLogic  # noqa: E402
 
@@ -31,7 +32,7 @@ def cohort(tmp_path_factory: pytest.TempPathFactory) -> dict:
     return {"images": [h[0] for h in healthy], "masks": [h[1] for h in healthy]}
 
 
-@pytest.fixture(scope="module", params=names())
+@pytest.fixture(scope="module", params=[m for m in names() if m != DEFAULT_METHOD])
 def model(request: pytest.FixtureRequest, cohort: dict, tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp(request.param) / "model"
     done = subprocess.run(train_command(request.param, cohort, out), capture_output=True, encoding="utf-8",
