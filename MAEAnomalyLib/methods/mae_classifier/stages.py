@@ -14,6 +14,7 @@ from torch import nn
 from ...core.runtime import autocast
 from ...core.runtime import seeded_generator as generator
 from ...data.slice_cache import SliceRows
+from ...engine.best import remember_if_best, restore_best
 from ...engine.loop import (
     Optimisation,
     Progress,
@@ -139,10 +140,8 @@ class ClassifierStage:
         history.setdefault("classifier_loss", []).append(mean_loss)
         history.setdefault("classifier_val_loss", []).append(val_loss)
         history.setdefault("classifier_val_accuracy", []).append(val_acc)
-        if self.s.classifier_selection == "best_validation" and (
-                progress.best is None or val_loss < progress.best["loss"]):
-            weights = {k: v.detach().cpu().clone() for k, v in self.model.classifier.state_dict().items()}
-            progress.best = {"epoch": progress.epoch, "loss": val_loss, "weights": weights}
+        if self.s.classifier_selection == "best_validation":
+            remember_if_best(progress, self.model.classifier, val_loss)
         return (f"classifier epoch {progress.epoch}/{self.s.classifier_epochs}: loss {mean_loss:.4f}, "
                 f"validation loss {val_loss:.4f}, validation accuracy {val_acc:.3f} (pseudo-abnormal)")
 
@@ -221,7 +220,5 @@ def run_stages(model: AnomalyModel, data: TrainingData, run: Run, progress: Prog
 
 def keep_selected(model: AnomalyModel, run: Run, progress: Progress) -> None:
     """Keeps the best epoch's classifier when ``classifier_selection`` asks for it; the last step's otherwise."""
-    best = progress.best
-    if model.config.settings.classifier_selection == "best_validation" and best is not None:
-        model.classifier.load_state_dict(best["weights"])
-        run.log(f"keeping the classifier of epoch {best['epoch']} (lowest validation loss, {best['loss']:.4f})")
+    if model.config.settings.classifier_selection == "best_validation":
+        restore_best(progress, model.classifier, run, "validation loss")

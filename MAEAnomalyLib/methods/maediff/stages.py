@@ -15,6 +15,7 @@ from torch.utils.data import Dataset
 from ...core.runtime import autocast
 from ...core.runtime import seeded_generator as generator
 from ...data.slice_cache import SliceRows
+from ...engine.best import remember_if_best, restore_best
 from ...engine.loop import Optimisation, Progress, Run, Stage, descend, make_loader, rank_share, train_stage
 from ...engine.samples import ChunkBatches, Item, Step
 from ..base import TrainingData
@@ -85,9 +86,8 @@ class PatchStage:
         val = self.validation()
         progress.history.setdefault("diffusion_loss", []).append(mean_loss)
         progress.history.setdefault("diffusion_val_l1", []).append(val)
-        if s.selection == "best_validation" and (progress.best is None or val < progress.best["loss"]):
-            weights = {k: v.detach().cpu().clone() for k, v in self.model.unet.state_dict().items()}
-            progress.best = {"epoch": progress.epoch, "loss": val, "weights": weights}
+        if s.selection == "best_validation":
+            remember_if_best(progress, self.model.unet, val)
         return f"diffusion epoch {progress.epoch}/{s.epochs}: L1 {mean_loss:.5f}, validation L1 {val:.5f}"
 
     @torch.no_grad()
@@ -109,7 +109,5 @@ def run_stage(model: AnomalyModel, data: TrainingData, run: Run, progress: Progr
     """Trains what is left of the stage, then keeps the network that ``selection`` asks for."""
     progress.stage = "diffusion"
     train_stage(PatchStage(model, data, run, progress).stage(), run, progress, resumed, run.stop.deadline)
-    best = progress.best
-    if model.config.settings.selection == "best_validation" and best is not None:
-        model.unet.load_state_dict(best["weights"])
-        run.log(f"keeping the network of epoch {best['epoch']} (lowest validation L1, {best['loss']:.5f})")
+    if model.config.settings.selection == "best_validation":
+        restore_best(progress, model.unet, run, "validation L1")

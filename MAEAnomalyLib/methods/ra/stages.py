@@ -20,6 +20,7 @@ from torch.utils.data import Dataset
 from ...core.runtime import seeded_generator as generator
 from ...data.slice_cache import SliceRows
 from ...engine.batch_norm import counted_rows
+from ...engine.best import remember_if_best, restore_best
 from ...engine.loop import Optimisation, Progress, Run, Stage, descend, make_loader, rank_share, train_stage
 from ...engine.samples import ChunkBatches, Item, Step
 from ..base import TrainingData
@@ -145,9 +146,8 @@ class RAStage:
         val = self.validation()
         progress.history.setdefault("ra_loss", []).append(mean_loss)
         progress.history.setdefault("ra_val_mse", []).append(val)
-        if s.selection == "best_validation" and (progress.best is None or val < progress.best["loss"]):
-            weights = {k: v.detach().cpu().clone() for k, v in self.model.ra.state_dict().items()}
-            progress.best = {"epoch": progress.epoch, "loss": val, "weights": weights}
+        if s.selection == "best_validation":
+            remember_if_best(progress, self.model.ra, val)
         return (f"RA epoch {progress.epoch}/{s.epochs}: reconstruction MSE {mean_loss:.5f}, "
                 f"validation MSE {val:.5f}")
 
@@ -171,7 +171,5 @@ def run_stage(model: AnomalyModel, data: TrainingData, run: Run, progress: Progr
     progress.stage = "ra"
     train_stage(RAStage(model, data, run, progress).stage(), run, progress, resumed, run.stop.deadline)
     trainable(model.ra, True)
-    best = progress.best
-    if model.config.settings.selection == "best_validation" and best is not None:
-        model.ra.load_state_dict(best["weights"])
-        run.log(f"keeping the network of epoch {best['epoch']} (lowest validation MSE, {best['loss']:.5f})")
+    if model.config.settings.selection == "best_validation":
+        restore_best(progress, model.ra, run, "validation MSE")
