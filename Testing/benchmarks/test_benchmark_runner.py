@@ -151,6 +151,7 @@ def _run(data: Path, work: Path, out: Path, *extra: str) -> subprocess.Completed
                           capture_output=True, text=True, env=env, timeout=600)
 
 
+@pytest.mark.slow  # trains a model of every registered method through the CLI
 def test_runner_writes_the_tables_then_reuses_every_cached_model(data: Path, tmp_path: Path) -> None:
     work, out = tmp_path / "work", tmp_path / "out"
     first = _run(data, work, out)
@@ -193,7 +194,7 @@ def test_runner_writes_the_tables_then_reuses_every_cached_model(data: Path, tmp
         assert rerun["results"] == reports[protocol]["results"]
 
 
-@pytest.mark.slow  # trains through the CLI; the fast tier keeps the end-to-end run above
+@pytest.mark.slow  # trains through the CLI
 def test_runner_resumes_an_interrupted_training(data: Path, tmp_path: Path) -> None:
     work, out = tmp_path / "work", tmp_path / "out"
     [job], _ = rp.protocol_jobs("paper", data, ["intensity"], ["flair"], SPLIT)
@@ -208,7 +209,7 @@ def test_runner_resumes_an_interrupted_training(data: Path, tmp_path: Path) -> N
     assert (interrupted / "config.json").exists()
 
 
-@pytest.mark.slow  # trains through the CLI; the fast tier keeps the end-to-end run above
+@pytest.mark.slow  # trains through the CLI
 def test_runner_trains_again_a_model_that_a_smaller_budget_cut_short(data: Path, tmp_path: Path) -> None:
     work, out = tmp_path / "work", tmp_path / "out"
     first = _run(data, work, out, "--protocols", "paper", "--max-minutes", "5")

@@ -205,6 +205,7 @@ def _batch(size: int) -> tuple[torch.Tensor, torch.Tensor]:
     return torch.randn(size, 3, 4, 4, generator=gen) * 2 + 1, torch.rand(3, generator=gen) + 0.5
 
 
+@pytest.mark.slow  # two processes
 def test_global_batch_norm_under_two_ranks_is_one_process_batch_norm(tmp_path: Path) -> None:
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     mp.spawn(_two_ranks, args=(str(tmp_path / "store"), str(tmp_path / "out")), nprocs=2)
