@@ -34,10 +34,10 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from speed import generated_volume, load_average, machine, print_table
+from speed import generated_volume, load_average, machine, preset, print_table
 
 from MAEAnomalyLib.methods.model import AnomalyModel, save_model
-from MAEAnomalyLib.methods.model_config import PRESETS, preset
+from MAEAnomalyLib.methods.model_config import PRESETS
 from MAEAnomalyLib.scoring.cohort import CohortOptions, score_cohort
 
 

@@ -40,6 +40,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
+from MAEAnomalyLib.core.config import LANDMARK_PERCENTILES
 from MAEAnomalyLib.data.io import read_mask, read_volume, to_canonical
 from MAEAnomalyLib.data.preprocessing import PreparedVolume, prepare_image
 from MAEAnomalyLib.data.slice_cache import SliceCache, SliceRows
@@ -52,7 +53,8 @@ from MAEAnomalyLib.methods.mae_classifier.classifier import anomaly_probability
 from MAEAnomalyLib.methods.mae_classifier.reconstruction import reconstruct
 from MAEAnomalyLib.methods.mae_classifier.stages import ClassifierStage, MAEStage
 from MAEAnomalyLib.methods.model import AnomalyModel
-from MAEAnomalyLib.methods.model_config import PRESETS, ModelConfig, preset
+from MAEAnomalyLib.methods.model_config import PRESETS, ModelConfig
+from MAEAnomalyLib.methods.model_config import preset as make_preset
 from MAEAnomalyLib.scoring import scores as scoring
 from MAEAnomalyLib.scoring.scores import min_pixels
 
@@ -189,6 +191,17 @@ def peak_memory_gb(device: torch.device) -> tuple[float, float]:
 
 
 # --- volumes ------------------------------------------------------------------------------------
+def preset(name: str, method: str = "mae_classifier") -> ModelConfig:
+    """The preset's config, ready to score with untrained weights: a histogram-standardised preset gets the
+    standard scale that puts each landmark where the percentile mapping would (training learns the real
+    one; speed does not depend on it)."""
+    cfg = make_preset(name, method)
+    if cfg.preprocess.normalisation == "histogram":
+        low, high = LANDMARK_PERCENTILES[0], LANDMARK_PERCENTILES[-1]
+        cfg.preprocess.landmarks = [(p - low) / (high - low) for p in LANDMARK_PERCENTILES]
+    return cfg
+
+
 def generated_volume(seed: int = 0) -> sitk.Image:
     """A skull-stripped 240×240×155 head (zero outside the brain), like a BraTS volume."""
     subject = make_subject(seed, shape=VOLUME_SHAPE)

@@ -57,7 +57,7 @@ class Method:
     settings_type: type  # the dataclass of its section of config.json
     presets: tuple[str, ...]
     # preset name -> (its section, the shared settings that preset sets: image_size, batch_size and, when
-    # not the default True, position_reference)
+    # not the defaults, position_reference (True) and normalisation ("percentile"))
     preset: Callable[[str], tuple[Any, dict]]
     primary: str  # the raw score the position reference and the slice threshold calibrate
     columns: tuple[str, ...]  # its slice-table columns, in order (``primary`` among them)

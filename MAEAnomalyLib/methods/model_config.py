@@ -178,7 +178,9 @@ def preset(name: str, method: str = DEFAULT_METHOD) -> ModelConfig:
     if name not in found.presets:
         raise ValueError(f"unknown preset '{name}' (choose {', '.join(found.presets)})")
     settings, shared = found.preset(name)
-    return ModelConfig(method=method, preset=name, preprocess=PreprocessConfig(image_size=shared["image_size"]),
+    preprocess = PreprocessConfig(image_size=shared["image_size"],
+                                  normalisation=shared.get("normalisation", PreprocessConfig.normalisation))
+    return ModelConfig(method=method, preset=name, preprocess=preprocess,
                        train=TrainConfig(batch_size=shared["batch_size"]),
                        calibration=CalibrationConfig(position_reference=shared.get("position_reference", True)),
                        settings=settings)

@@ -11,15 +11,15 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
+from MAEAnomalyLib.core.config import PreprocessConfig
 from MAEAnomalyLib.data.preprocessing import prepare
-from MAEAnomalyLib.methods.model_config import preset
 
 DATA = Path(os.environ.get("MAEANOMALY_DATA", Path(__file__).resolve().parents[3] / "shared" / "data"))
 pytestmark = pytest.mark.skipif(not (DATA / "brats2015").is_dir(), reason=f"no real data at {DATA}")
 
 
 def test_ixi_sagittal_volumes_become_axial_slices() -> None:
-    cfg = preset("small").preprocess
+    cfg = PreprocessConfig(image_size=128)  # percentile normalisation: it needs no training volumes
     for image in sorted((DATA / "ixi-t1").glob("IXI*_T1.nii.gz"))[:3]:
         stored = sitk.ReadImage(str(image))
         codes = sitk.DICOMOrientImageFilter.GetOrientationFromDirectionCosines(stored.GetDirection())
@@ -37,7 +37,7 @@ def test_ixi_sagittal_volumes_become_axial_slices() -> None:
 @pytest.mark.parametrize("case", [f"pat000{i}" for i in range(1, 7)])
 def test_brats_cases_have_the_stated_brain_and_tumour_slices(case: str) -> None:
     folder = DATA / "brats2015" / case
-    prepared = prepare(folder / "flair.nii.gz", preset("small").preprocess, folder / "brainmask.nii.gz",
+    prepared = prepare(folder / "flair.nii.gz", PreprocessConfig(image_size=128), folder / "brainmask.nii.gz",
                        folder / "seg.nii.gz", min_pixels=8)
     brain = prepared.foreground_fraction > 0
     assert prepared.labelled is not None
