@@ -3,6 +3,7 @@
 
     PYTHONPATH=. python benchmarks/run.py [DATA_DIR] [--work DIR] [--out DIR] [--methods A,B]
         [--protocols t1,paper] [--contrasts t1,flair] [--preset small] [--max-minutes M] [--set M.F=V ...]
+        [--t1-model METHOD=MODEL ...]
 
 The protocols (../shared/data/README.md):
   t1     IXI-trained models (mae_classifier: the shipped brain-t1; other methods: trained on the first 30
@@ -51,6 +52,9 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--preset", default="small", help="preset of every trained model (default: small)")
     p.add_argument("--max-minutes", type=float, help="time budget of each training (train --max-minutes)")
     p.add_argument("--set", action="append", default=[], metavar="METHOD.FIELD=VALUE", help="passed to train")
+    p.add_argument("--t1-model", action="append", default=[], metavar="METHOD=MODEL",
+                   help="T1 protocol: evaluate MODEL (a folder or shipped name) for METHOD instead of its shipped "
+                        "model or one trained here, e.g. a model trained with other settings")
     p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
     p.add_argument("--batch-size", type=int, default=32, help="slices per batch when evaluating")
     p.add_argument("--paper-cases", default="14,6", metavar="TRAIN,TEST", help="brats2018 cases (default: 14,6)")
@@ -69,6 +73,10 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     except ValueError:
         p.error("--paper-cases and --ixi-volumes take two counts, e.g. 14,6")
     args.split = rp.Split(a, b, c, d)
+    pairs = [item.partition("=") for item in args.t1_model]
+    if any(not sep or name not in registered for name, sep, _ in pairs):
+        p.error("--t1-model takes METHOD=MODEL with a registered method, e.g. mae_classifier=models/mine")
+    args.t1_model = {name: model for name, _, model in pairs}
     return args
 
 
@@ -174,7 +182,7 @@ class Runner:
 
     def protocol(self, protocol: str) -> dict:
         a, start, failed = self.args, time.perf_counter(), len(self.failed)
-        jobs, skipped = rp.protocol_jobs(protocol, self.data, a.methods, a.contrasts, a.split)
+        jobs, skipped = rp.protocol_jobs(protocol, self.data, a.methods, a.contrasts, a.split, a.t1_model)
         for line in skipped:
             say(f"skipped: {line}")
         dirs = [self.model_dir(job) for job in jobs]

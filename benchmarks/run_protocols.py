@@ -72,9 +72,11 @@ def ixi_volumes(data: Path) -> tuple[list[Path], list[Path]]:
     return images, [p.with_name(p.name.replace("_T1.nii.gz", "_brainmask.nii.gz")) for p in images]
 
 
-def protocol_jobs(protocol: str, data: Path, methods: list[str], contrasts: list[str], split: Split
-                  ) -> tuple[list[Job], list[str]]:
-    """The jobs of ``protocol`` on ``data``, and one line for each part skipped for want of data."""
+def protocol_jobs(protocol: str, data: Path, methods: list[str], contrasts: list[str], split: Split,
+                  t1_models: dict[str, str] | None = None) -> tuple[list[Job], list[str]]:
+    """The jobs of ``protocol`` on ``data``, and one line for each part skipped for want of data. On the T1
+    protocol a method of ``t1_models`` (method -> model folder or shipped name) is evaluated with that model
+    instead of its shipped one or one trained here."""
     b18, b15 = _cases(data / "brats2018"), _cases(data / "brats2015")
     jobs: list[Job] = []
     skipped: list[str] = []
@@ -92,9 +94,10 @@ def protocol_jobs(protocol: str, data: Path, methods: list[str], contrasts: list
                                  *([p for v in parts for p in getattr(v, f)] for f in ("images", "masks", "labels"))))
         tests.append(Volumes(f"IXI unseen healthy ({m})", images[-m:], masks[-m:]))
         skipped += [f"t1: no {d}/ in {data}" for d, c in (("brats2018", b18), ("brats2015", b15)) if not c]
+        given = {**SHIPPED_T1, **(t1_models or {})}
         for method in methods:
-            train = None if method in SHIPPED_T1 else Volumes(f"IXI T1 first {n}", images[:n], masks[:n])
-            jobs.append(Job("t1", "t1", method, train, SHIPPED_T1.get(method), tests))
+            train = None if method in given else Volumes(f"IXI T1 first {n}", images[:n], masks[:n])
+            jobs.append(Job("t1", "t1", method, train, given.get(method), tests))
         return jobs, skipped
     n, m = split.paper_train, split.paper_test
     if len(b18) < n + m:

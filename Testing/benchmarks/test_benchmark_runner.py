@@ -91,6 +91,10 @@ def test_protocol_file_lists_on_a_generated_data_folder(data: Path) -> None:
     assert pooled.labels == trained.tests[0].labels + trained.tests[2].labels
     assert pooled.masks == trained.tests[0].masks + trained.tests[2].masks
     assert trained.tests[4].images == ixi[3:] and trained.tests[4].labels is None
+    # A model of the user's replaces the shipped one, or the training, of its method only.
+    jobs, _ = rp.protocol_jobs("t1", data, ["intensity", "mae_classifier"], ["t1"], SPLIT,
+                               {"intensity": "/models/mine"})
+    assert [(j.train, j.shipped) for j in jobs] == [(None, "/models/mine"), (None, "brain-t1")]
 
     jobs, skipped = rp.protocol_jobs("paper", data, ["intensity"], ["t1", "flair"], SPLIT)
     assert skipped == [] and [(j.contrast, j.method) for j in jobs] == [("t1", "intensity"), ("flair", "intensity")]
