@@ -38,6 +38,13 @@ class SliceScores:
 Scorer = Callable[["torch.Tensor", "torch.Tensor", "np.ndarray"], SliceScores]
 
 
+def masked_mean(values: torch.Tensor, foreground: torch.Tensor) -> torch.Tensor:
+    """The mean of each (N, 1, S, S) map inside its foreground, in float32 (0 where it has none): the slice
+    scores that average an error or a map over the brain."""
+    fg = foreground.float()
+    return (values * fg).sum(dim=(1, 2, 3)) / fg.sum(dim=(1, 2, 3)).clamp(min=1)
+
+
 @dataclass
 class TrainingData:
     """What a method's stages train on: healthy slices of the training and of the held-out volumes, and

@@ -9,7 +9,7 @@ import torch
 from monai.metrics.regression import compute_ssim_and_cs
 
 from ...core.runtime import autocast, seeded_generator
-from ..base import Scorer, SliceScores
+from ..base import Scorer, SliceScores, masked_mean
 from ..model import AnomalyModel
 from .classifier import anomaly_probability, classifier_input
 from .reconstruction import average_reconstructions, masked_passes
@@ -27,11 +27,6 @@ def masked_ssim(recon: torch.Tensor, original: torch.Tensor, foreground: torch.T
     total = inner.sum(dim=(1, 2, 3))
     mean = (ssim_map * inner).sum(dim=(1, 2, 3)) / total.clamp(min=1)
     return torch.where(total > 0, mean, torch.ones_like(mean))
-
-
-def masked_mean(values: torch.Tensor, foreground: torch.Tensor) -> torch.Tensor:
-    fg = foreground.float()
-    return (values * fg).sum(dim=(1, 2, 3)) / fg.sum(dim=(1, 2, 3)).clamp(min=1)
 
 
 def anomaly_map(difference: torch.Tensor, spread: torch.Tensor, floor: float) -> torch.Tensor:

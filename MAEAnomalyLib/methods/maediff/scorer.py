@@ -8,7 +8,7 @@ import numpy as np
 import torch
 
 from ...core.runtime import seeded_generator as generator
-from ..base import Scorer, SliceScores
+from ..base import Scorer, SliceScores, masked_mean
 from ..model import AnomalyModel
 from .patches import make_scheduler, noise_patch, origins, patch_masks, stitch
 
@@ -40,8 +40,7 @@ def make_scorer(model: AnomalyModel, device: torch.device) -> Scorer:
         predictions = net(noise_patch(scheduler, x0_flat, noise_flat, t, mask_flat), t, mask_flat)
         reconstruction = (stitch(predictions.reshape(n, patches, 1, size, size), masks) + 1) / 2
         amap = (images - reconstruction).abs() * fg
-        area = fg.sum(dim=(1, 2, 3)).clamp(min=1)
-        scores = {f"{model.config.method}_l1": (amap.sum(dim=(1, 2, 3)) / area).cpu().numpy()}
+        scores = {f"{model.config.method}_l1": masked_mean(amap, fg).cpu().numpy()}
         return SliceScores(scores, amap.cpu())
 
     return score

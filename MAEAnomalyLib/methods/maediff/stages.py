@@ -18,7 +18,7 @@ from ...data.slice_cache import SliceRows
 from ...engine.best import remember_if_best, restore_best
 from ...engine.loop import Optimisation, Progress, Run, Stage, descend, make_loader, rank_share, train_stage
 from ...engine.samples import ChunkBatches, Item, Step
-from ..base import TrainingData
+from ..base import TrainingData, masked_mean
 from ..model import AnomalyModel
 from .config import MAEDiffConfig
 from .patches import make_scheduler, noise_patch, origins, patch_masks
@@ -49,7 +49,7 @@ class PatchSamples(Dataset):
 
 def patch_l1(prediction: torch.Tensor, x0: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """Each sample's mean absolute error inside its patch: (N,)."""
-    return ((prediction - x0).abs() * mask).sum(dim=(1, 2, 3)) / mask.sum(dim=(1, 2, 3))
+    return masked_mean((prediction - x0).abs(), mask)
 
 
 class PatchStage:

@@ -6,16 +6,10 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from ..base import Scorer, SliceScores
+from ..base import Scorer, SliceScores, masked_mean
 from ..model import AnomalyModel
 from .anomaly_map import anomaly_map
 from .lpips import load_lpips
-
-
-def masked_mean(values: torch.Tensor, foreground: torch.Tensor) -> torch.Tensor:
-    """The mean of each (N, 1, S, S) map inside its foreground (0 without)."""
-    fg = foreground.to(values.dtype)
-    return (values * fg).sum(dim=(1, 2, 3)) / fg.sum(dim=(1, 2, 3)).clamp(min=1)
 
 
 def make_scorer(model: AnomalyModel, device: torch.device) -> Scorer:
