@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
-from collections.abc import Iterator
+from collections.abc import Callable, Iterable, Iterator
 
 import torch
 import torch.distributed as dist
@@ -78,3 +78,26 @@ class GlobalBatchNorm2d(nn.BatchNorm2d):
         shape = (1, channels, 1, 1)
         y = (x - mean.to(x.dtype).view(shape)) * torch.rsqrt(var.to(x.dtype) + self.eps).view(shape)
         return y * self.weight.view(shape) + self.bias.view(shape) if self.affine else y
+
+
+@torch.no_grad()
+def reestimate_running_statistics(net: nn.Module, batches: Iterable[object],
+                                  forward: Callable[[object], object]) -> None:
+    """Sets every batch norm's running statistics in ``net`` to the mean over ``batches`` of their batch
+    statistics (``torch.optim.swa_utils.update_bn``'s cumulative average, kept as a per-batch momentum of
+    1/k because ``GlobalBatchNorm2d`` takes only a number). Under torchrun every rank passes its share of
+    each batch (``counted_rows``), as in training."""
+    norms = [m for m in net.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    momenta, was_training = [m.momentum for m in norms], net.training
+    for m in norms:
+        m.reset_running_stats()
+    net.train()
+    try:
+        for k, batch in enumerate(batches):
+            for m in norms:
+                m.momentum = 1 / (k + 1)
+            forward(batch)
+    finally:
+        for m, momentum in zip(norms, momenta, strict=True):
+            m.momentum = momentum
+        net.train(was_training)

@@ -12,7 +12,7 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from MAEAnomalyLib.engine.batch_norm import GlobalBatchNorm2d, counted_rows
+from MAEAnomalyLib.engine.batch_norm import GlobalBatchNorm2d, counted_rows, reestimate_running_statistics
 from MAEAnomalyLib.engine.distributed import Dist, StopControl
 from MAEAnomalyLib.engine.loop import Run, RunOptions, rank_share
 from MAEAnomalyLib.methods import get
@@ -174,6 +174,23 @@ def test_a_slice_scores_the_same_in_any_batch() -> None:
         assert part.scores[name] == pytest.approx(whole.scores[name][order], rel=1e-5, abs=1e-7)
         assert single.scores[name] == pytest.approx(whole.scores[name][1:2], rel=1e-5, abs=1e-7)
     torch.testing.assert_close(part.anomaly_map, whole.anomaly_map[order], rtol=1e-5, atol=1e-6)
+
+
+def test_running_statistics_are_those_of_the_given_batches_alone() -> None:
+    """Fakes and reconstructions pass through RA's batch norms in training; the statistics evaluation uses
+    must come from the real slices only: the mean of their batch means and unbiased batch variances."""
+    norm = GlobalBatchNorm2d(3)
+    net = torch.nn.Sequential(norm).eval()
+    gen = torch.Generator().manual_seed(0)
+    norm.train()(torch.randn(8, 3, 4, 4, generator=gen) * 10 + 5)  # what training left behind
+    norm.eval()
+    batches = [torch.randn(4, 3, 4, 4, generator=gen) * (k + 1) - k for k in range(3)]
+    reestimate_running_statistics(net, batches, net)
+    means = torch.stack([b.mean(dim=(0, 2, 3)) for b in batches])
+    variances = torch.stack([b.transpose(0, 1).flatten(1).var(dim=1) for b in batches])
+    torch.testing.assert_close(norm.running_mean, means.mean(0), rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(norm.running_var, variances.mean(0), rtol=1e-5, atol=1e-6)
+    assert norm.momentum == 0.1 and not net.training
 
 
 def _two_ranks(rank: int, store: str, out: str) -> None:

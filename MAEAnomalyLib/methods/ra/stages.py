@@ -19,7 +19,7 @@ from torch.utils.data import Dataset
 
 from ...core.runtime import seeded_generator as generator
 from ...data.slice_cache import SliceRows
-from ...engine.batch_norm import counted_rows
+from ...engine.batch_norm import counted_rows, reestimate_running_statistics
 from ...engine.best import remember_if_best, restore_best
 from ...engine.loop import Optimisation, Progress, Run, Stage, descend, make_loader, rank_share, train_stage
 from ...engine.samples import ChunkBatches, Item, Step
@@ -156,6 +156,7 @@ class RAStage:
         """The mean squared error per pixel of D(μ(x)) on the held-out healthy slices (RA_Trainer.py keeps
         the model of lowest validation MSE)."""
         run, rows, batch = self.run, self.data.val, self.tc.batch_size
+        self.real_statistics()
         net = self.model.ra.eval()
         chunks = list(range(run.dist.rank, math.ceil(len(rows) / batch), run.dist.world))
         data = RASamples(rows, self.tc.seed, "ra-val", False, self.s.latent)
@@ -165,6 +166,37 @@ class RAStage:
             total += float(squared_error(net.pseudo_healthy(images), images).sum())
         return run.dist.sum([total])[0] * self.scale / max(1, len(rows))
 
+    @torch.no_grad()
+    def real_statistics(self) -> None:
+        """Re-estimates the batch norms' running statistics on real training slices alone. Training passes
+        fakes and reconstructions through the same batch norms, which leaves running statistics that suit
+        none of them (RA_Trainer.py keeps those): at epoch 18 of the small preset the held-out MSE was
+        0.066 with them and 0.020 re-estimated (docs/experiments.md). Each rank passes its share of every
+        batch, as in training, so that any number of ranks estimates what one does."""
+        rows, batch, d = self.data.train, self.tc.batch_size, self.run.dist
+        order = torch.randperm(len(rows), generator=generator(self.tc.seed, "ra-statistics"))[:STATISTICS_SLICES]
+        items = [(0, p, int(i)) for p, i in enumerate(order)]
+        shares, counted = [], []
+        for start in range(0, len(items), batch):
+            whole = items[start:start + batch]
+            a, b = d.rows(len(whole))
+            shares.append(whole[a:b] if b > a else whole[:1])  # no share: a row of zero weight
+            counted.append(b - a)
+        data = RASamples(rows, self.tc.seed, "ra-statistics", False, self.s.latent)
+        loader = make_loader(data, shares, self.run.options.workers, self.run.device)
+        net = self.model.ra
+
+        def forward(pair: tuple[torch.Tensor, int]) -> None:
+            with counted_rows(pair[1]):
+                net.pseudo_healthy(pair[0].to(self.run.device))
+
+        reestimate_running_statistics(net, zip((images for images, _ in loader), counted, strict=True), forward)
+
+
+# Real slices the running statistics are re-estimated on (at most): 1024 at the paper's batch of 8 is
+# 128 batches, a few per cent of an epoch's work.
+STATISTICS_SLICES = 1024
+
 
 def run_stage(model: AnomalyModel, data: TrainingData, run: Run, progress: Progress, resumed: dict | None) -> None:
     """Trains what is left of the stage, then keeps the network that ``selection`` asks for."""
@@ -173,3 +205,5 @@ def run_stage(model: AnomalyModel, data: TrainingData, run: Run, progress: Progr
     trainable(model.ra, True)
     if model.config.settings.selection == "best_validation":
         restore_best(progress, model.ra, run, "validation MSE")
+    else:  # the last epoch's network, which a time budget may have stopped before its validation
+        RAStage(model, data, run, progress).real_statistics()
