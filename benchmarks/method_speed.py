@@ -50,7 +50,9 @@ def count_images(model: AnomalyModel) -> list[int]:
         seen[0] += len(inputs[0])
 
     for net in model.networks.values():
-        net.register_forward_hook(hook)
+        # A network run only through another method (RA's pseudo_healthy) is counted at its first part.
+        called = type(net).forward is not torch.nn.Module.forward
+        (net if called else next(net.children())).register_forward_hook(hook)
     return seen
 
 
