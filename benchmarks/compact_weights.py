@@ -27,6 +27,7 @@ import torch
 
 from MAEAnomalyLib.data.preprocessing import prepare
 from MAEAnomalyLib.evaluation.voxels import stored_thresholds
+from MAEAnomalyLib.methods import get
 from MAEAnomalyLib.methods.model import compact_weights, load_model
 from MAEAnomalyLib.scoring.scores import min_pixels, score_prepared
 from MAEAnomalyLib.scoring.segmentation import label_components
@@ -35,7 +36,11 @@ from MAEAnomalyLib.scoring.voxel_maps import voxel_maps, voxel_mm3
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from run_protocols import Split, ixi_volumes
 
-COLUMNS = ("score", "probability", "mae_l1", "mae_l1_position", "ssim")
+
+def score_columns(cfg) -> list[str]:
+    """``score``, the method's own columns and their position z-scores (``mae_l1_position``, ...)."""
+    method = get(cfg.method)
+    return ["score", *method.columns, *(f"{c}_position" for c in method.positioned if c != method.primary)]
 
 
 def volumes(data: Path, ixi_limit: int | None) -> list[tuple[str, Path, Path]]:
@@ -90,7 +95,8 @@ def main() -> int:
         compact_weights(copy, dtype)
         models[dtype] = load_model(copy)
     cfg = reference.config
-    stats = {d: {"max_abs": dict.fromkeys(COLUMNS, 0.0), "slices": 0, "slice_decisions_changed": 0,
+    columns = [c for c in score_columns(cfg) if c != "score"]
+    stats = {d: {"max_abs": dict.fromkeys(["score", *columns], 0.0), "slices": 0, "slice_decisions_changed": 0,
                  "voxels": 0, "voxel_decisions_changed": 0, "voxels+post_changed": 0, "map_max_abs": 0.0,
                  "per_volume": {}} for d in dtypes}
     seconds = dict.fromkeys(["float32", *dtypes], 0.0)
@@ -109,7 +115,9 @@ def main() -> int:
             dec = decisions(got, cfg)
             s = stats[dtype]
             row = {}
-            for col in COLUMNS:
+            for col in ["score", *columns]:
+                if col not in ref.table:
+                    continue
                 a, b = np.asarray(ref.table[col])[brain], np.asarray(got.table[col])[brain]
                 both = np.isfinite(a) & np.isfinite(b)
                 if not np.array_equal(np.isfinite(a), np.isfinite(b)):
@@ -132,19 +140,19 @@ def main() -> int:
                                      "voxel_decisions_changed": v, "voxels+post_changed": vp,
                                      "called_voxels_float32": int(ref_dec["voxels"].sum()) if "voxels" in ref_dec
                                      else None}
-            print(f"{name} [{dtype}]: max|d score| {row['score']:.2e}, max|d probability| {row['probability']:.2e}, "
+            print(f"{name} [{dtype}]: max|d score| {row['score']:.2e}, max|d {columns[0]}| {row[columns[0]]:.2e}, "
                   f"slice decisions changed {changed}/{int(brain.sum())}, voxel decisions changed {v} (+post {vp}), "
                   f"max|d map| {m:.2e}", flush=True)
     shutil.rmtree(tmp, ignore_errors=True)
     print(f"\n{len(volumes(data, args.ixi))} volumes; reference {args.model} (float32); "
           f"{time.perf_counter() - start_all:.0f} s in all, {torch.get_num_threads()} threads")
-    print("| storage | max abs d score | d probability | d mae_l1 | d ssim | slice decisions changed | "
+    print("| storage | max abs d score | " + " | ".join(f"d {c}" for c in columns) + " | slice decisions changed | "
           "voxel decisions changed | +post | max abs d map | scoring s |")
-    print("|---|---|---|---|---|---|---|---|---|---|")
+    print("|---" * (len(columns) + 8) + "|")
     for dtype in dtypes:
         s = stats[dtype]
         mx = s["max_abs"]
-        print(f"| {dtype} | {mx['score']:.2e} | {mx['probability']:.2e} | {mx['mae_l1']:.2e} | {mx['ssim']:.2e} | "
+        print(f"| {dtype} | {mx['score']:.2e} | " + " | ".join(f"{mx[c]:.2e}" for c in columns) + " | "
               f"{s['slice_decisions_changed']} of {s['slices']} | {s['voxel_decisions_changed']} of {s['voxels']} | "
               f"{s['voxels+post_changed']} | {s['map_max_abs']:.2e} | {seconds[dtype]:.0f} |")
     print(f"float32 scoring: {seconds['float32']:.0f} s")

@@ -1,5 +1,5 @@
-"""The shipped model: it is there, within its limits, loads, scores a generated volume, and the demo
-runs end to end with it."""
+"""The shipped models: each is there, within its limits, loads and scores a generated volume, and the demo
+runs end to end with the default one."""
 
 from __future__ import annotations
 
@@ -16,17 +16,25 @@ from safetensors import safe_open
 
 from MAEAnomalyLib.core.shipped import DEFAULT_MODEL, models_dir, resolve_model, shipped_models
 from MAEAnomalyLib.data.synthetic import make_subject
+from MAEAnomalyLib.methods import get
 from MAEAnomalyLib.methods.model import STORAGE_DTYPES, load_model
 from MAEAnomalyLib.scoring.scores import score_image
 
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def test_the_default_model_ships_with_its_card_and_within_its_size() -> None:
+SHIPPED = sorted(d.name for d in (ROOT / "models").iterdir() if (d / "config.json").is_file())
+
+
+def test_the_default_model_ships_with_the_others() -> None:
     assert models_dir() == ROOT / "models"
-    names = [m.name for m in shipped_models()]
-    assert DEFAULT_MODEL in names
-    model_dir = resolve_model(None)
+    assert DEFAULT_MODEL in SHIPPED and [m.name for m in shipped_models()] == SHIPPED
+    assert resolve_model(None) == resolve_model(DEFAULT_MODEL)
+
+
+@pytest.mark.parametrize("name", SHIPPED)
+def test_each_shipped_model_has_its_card_and_stays_within_its_size(name: str) -> None:
+    model_dir = resolve_model(name)
     card = (model_dir / "MODEL_CARD.md").read_text(encoding="utf-8")
     for needed in ("CC BY-SA 3.0", "IXI", "MAEAnomalyLib train", "maeanomaly calibrate", "Limits"):
         assert needed in card, needed
@@ -38,32 +46,36 @@ def test_the_default_model_ships_with_its_card_and_within_its_size() -> None:
     assert "brats" not in json.dumps(config).lower()
 
 
-def test_the_shipped_model_scores_a_generated_volume() -> None:
-    model = load_model(resolve_model(None))
+@pytest.mark.parametrize("name", SHIPPED)
+def test_each_shipped_model_scores_a_generated_volume(name: str) -> None:
+    model = load_model(resolve_model(name))
     subject = make_subject(7, lesion=True, orientation="PSR")
     result = score_image(model, subject.image, subject.brain_mask, torch.device("cpu"))
     table = result.table
     brain = table["skipped"] == 0
     assert brain.sum() > 10 and np.isfinite(table["score"][brain]).all()
-    assert np.isfinite(table["mae_l1_position"][brain]).all()
-    assert not np.array_equal(table["score"], table["probability"])  # the score is calibrated by position
+    method = get(model.config.method)
+    l1 = next(c for c in method.columns if c.endswith("_l1"))  # the reconstruction error of each method
+    assert np.isfinite(table[f"{l1}_position"][brain]).all()
+    assert not np.array_equal(table["score"], table[method.primary])  # the score is calibrated by position
     assert result.difference.GetSize() == subject.image.GetSize()
 
 
-def test_the_shipped_weights_are_stored_as_models_readme_says_and_load_as_float32() -> None:
-    model_dir = resolve_model(None)
+@pytest.mark.parametrize("name", SHIPPED)
+def test_the_shipped_weights_are_stored_as_models_readme_says_and_load_as_float32(name: str) -> None:
+    model_dir = resolve_model(name)
     stored = set()
-    for name in ("mae", "classifier"):
-        with safe_open(str(model_dir / f"{name}.safetensors"), framework="pt") as weights:
+    for path in sorted(model_dir.glob("*.safetensors")):
+        with safe_open(str(path), framework="pt") as weights:
             stored |= {weights.get_slice(key).get_dtype() for key in weights.keys()}  # noqa: SIM118
     names = {"F32": "float32", "F16": "float16", "BF16": "bfloat16"}
     assert len(stored) == 1, stored  # one storage dtype for the whole model
     dtype = names.get(stored.pop())
     assert dtype in STORAGE_DTYPES
     readme = (ROOT / "models" / "README.md").read_text(encoding="utf-8")
-    assert f"`{DEFAULT_MODEL}`: weights stored as {dtype}" in readme
+    assert f"`{name}`: weights stored as {dtype}" in readme
     model = load_model(model_dir)
-    for net in (model.mae, model.classifier):
+    for net in model.networks.values():
         assert {p.dtype for p in net.state_dict().values()} == {torch.float32}
 
 
