@@ -84,7 +84,8 @@ def main() -> int:
     torch.set_num_threads(args.threads)
     device = torch.device("cpu")
     reference = load_model(args.model)
-    if any(p.dtype != torch.float32 for net in reference.networks.values() for p in net.state_dict().values()):
+    if any(p.is_floating_point() and p.dtype != torch.float32  # batch norms also count batches (int64)
+           for net in reference.networks.values() for p in net.state_dict().values()):
         raise SystemExit("the reference model must be float32")
     dtypes = [d for d in args.dtypes.split(",") if d]
     tmp = Path(tempfile.mkdtemp(prefix="compact_weights_"))
@@ -148,7 +149,7 @@ def main() -> int:
           f"{time.perf_counter() - start_all:.0f} s in all, {torch.get_num_threads()} threads")
     print("| storage | max abs d score | " + " | ".join(f"d {c}" for c in columns) + " | slice decisions changed | "
           "voxel decisions changed | +post | max abs d map | scoring s |")
-    print("|---" * (len(columns) + 8) + "|")
+    print("|---" * (len(columns) + 7) + "|")
     for dtype in dtypes:
         s = stats[dtype]
         mx = s["max_abs"]

@@ -11,12 +11,16 @@ from pathlib import Path
 
 PROTOCOLS = ("t1", "paper")
 CONTRASTS = ("t1", "flair", "t2")  # of the paper protocol; "t1" is the native T1
-SHIPPED_T1 = {"mae_classifier": "brain-t1"}  # T1 protocol: methods whose IXI model ships with the project
+# T1 protocol: the methods whose IXI model ships with the project
+SHIPPED_T1 = {"mae_classifier": "brain-t1", "ra": "brain-t1-ra"}
 # Columns of evaluate's tables reported per method, when present; the voxel map shown beside each.
-COLUMNS = ("score", "score_volume", "probability", "intensity_p995", "foreground_fraction", "mae_l1", "mae_l1_position")
+COLUMNS = ("score", "score_volume", "probability", "ra_map_mean", "maediff_l1", "pddpm_l1", "intensity_p995",
+           "foreground_fraction", "mae_l1", "mae_l1_position", "ra_l1", "ra_l1_position")
 VOXEL_MAP = {"score": "difference+post", "intensity_p995": "intensity+post"}
 LABELS = {"score_volume": "score within volume", "probability": "probability (the paper's score)",
-          "foreground_fraction": "brain area", "mae_l1_position": "mae_l1 by position"}
+          "ra_map_mean": "ra_map_mean (the paper's score)", "maediff_l1": "maediff_l1 (the paper's score)",
+          "pddpm_l1": "pddpm_l1 (the paper's score)", "foreground_fraction": "brain area",
+          "mae_l1_position": "mae_l1 by position", "ra_l1_position": "ra_l1 by position"}
 
 
 @dataclass

@@ -9,17 +9,32 @@ import numpy as np
 from sklearn.metrics import average_precision_score, roc_auc_score
 
 from ..calibration.position import position_bin
+from ..methods import get as get_method
+from ..methods import names as method_names
 from .bootstrap import FEW_PATIENTS, MIN_PATIENTS, PatientBootstrap, auroc_difference
 
-# Each score column and the sign that makes larger mean "more anomalous". foreground_fraction is no
-# detector: it shows how much of an AUROC the slice's brain area alone explains (tumours sit in large
-# mid-brain slices, healthy slices include the small top and bottom ones).
-# probability (the raw classifier output) and mae_l1_position (the MAE error calibrated by position like
-# score) are there for models with a position reference. score_volume is score against the volume's own slices.
-SCORES = {"score": 1.0, "score_volume": 1.0, "probability": 1.0, "mae_l1": 1.0, "mae_l1_position": 1.0, "ssim": -1.0,
-          "intensity_p995": 1.0, "foreground_fraction": 1.0}
+# Each score column and the sign that makes larger mean "more anomalous": the calibrated score, every
+# registered method's own columns (its raw score, its reconstruction error, ...) with the position z-score
+# of each that is calibrated by position, then the baselines. foreground_fraction is no detector: it shows
+# how much of an AUROC the slice's brain area alone explains (tumours sit in large mid-brain slices, healthy
+# slices include the small top and bottom ones). score_volume is score against the volume's own slices.
+BASELINES = ("intensity_p995", "foreground_fraction")
+
+
+def _score_signs() -> dict[str, float]:
+    signs = {"score": 1.0, "score_volume": 1.0}
+    for method in map(get_method, method_names()):
+        for column in method.columns:
+            if column not in BASELINES:
+                signs.setdefault(column, -1.0 if column in method.lower_is_anomalous else 1.0)
+            if column in method.positioned and column != method.primary:
+                signs.setdefault(f"{column}_position", 1.0)
+    return {**signs, **dict.fromkeys(BASELINES, 1.0)}
+
+
+SCORES = _score_signs()
 LABELS = {"score_volume": "score within volume", "ssim": "1 - ssim", "foreground_fraction": "foreground area",
-          "mae_l1_position": "mae_l1 by position"}
+          **{name: f"{name.removesuffix('_position')} by position" for name in SCORES if name.endswith("_position")}}
 AREA_STRATA = 5
 POSITION_GROUPS = 3  # bottom, middle and top thirds of the brain
 

@@ -79,6 +79,8 @@ class Method:
     scorer: Callable[[AnomalyModel, torch.device], Scorer]
     # a line for each of its columns, shown in the Slicer table
     descriptions: dict[str, str] = field(default_factory=dict)
+    # its columns where a lower value means more anomalous (SSIM), for the evaluation's AUROCs
+    lower_is_anomalous: tuple[str, ...] = ()
     # the score of a slice without foreground, where it is not 0 (SSIM: 1, nothing differs)
     empty_scores: dict[str, float] = field(default_factory=dict)
     # (cfg, batch size) -> slices per scoring batch (a method that scores R copies of each slice takes fewer)

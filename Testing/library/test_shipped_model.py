@@ -68,6 +68,7 @@ def test_the_shipped_weights_are_stored_as_models_readme_says_and_load_as_float3
     for path in sorted(model_dir.glob("*.safetensors")):
         with safe_open(str(path), framework="pt") as weights:
             stored |= {weights.get_slice(key).get_dtype() for key in weights.keys()}  # noqa: SIM118
+    stored -= {"I64"}  # batch norms' counts of batches (RA), integers in any storage
     names = {"F32": "float32", "F16": "float16", "BF16": "bfloat16"}
     assert len(stored) == 1, stored  # one storage dtype for the whole model
     dtype = names.get(stored.pop())
@@ -76,7 +77,7 @@ def test_the_shipped_weights_are_stored_as_models_readme_says_and_load_as_float3
     assert f"`{name}`: weights stored as {dtype}" in readme
     model = load_model(model_dir)
     for net in model.networks.values():
-        assert {p.dtype for p in net.state_dict().values()} == {torch.float32}
+        assert {p.dtype for p in net.state_dict().values() if p.is_floating_point()} == {torch.float32}
 
 
 @pytest.mark.skipif(shutil.which("git") is None or not (ROOT / ".git").exists(), reason="not a git checkout")

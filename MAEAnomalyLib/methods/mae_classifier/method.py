@@ -55,6 +55,7 @@ METHOD = Method(
     columns=("probability", "mae_l1", "ssim"),
     # The probability saturates at 0 and 1 (logit); the MAE error is positive and skewed (log).
     positioned={"probability": "logit", "mae_l1": "log"},
+    lower_is_anomalous=("ssim",),
     descriptions={"probability": "Anomaly probability from the classifier (the raw score)",
                   "mae_l1": "Mean absolute reconstruction error in the foreground",
                   "mae_l1_position": "The reconstruction error's z-score against healthy slices at the same height",

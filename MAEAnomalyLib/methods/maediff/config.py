@@ -118,8 +118,8 @@ def preset(name: str, mae: bool = True) -> tuple[MAEDiffConfig, dict]:
         cfg, shared = MAEDiffConfig(), {"image_size": 96, "batch_size": 32}
     elif name == "small":
         # pDDPM's shape at a quarter of its width and 64 px (patch and stride scaled by 2/3): 2.0 M parameters
-        # (2.2 M with the MAE module). 30 epochs of 1,500 slices: about an hour on 2 CPU cores, estimated from
-        # 0.12-0.15 s per image-step at one thread on shared cores (to be timed on idle cores).
+        # (2.2 M with the MAE module). 30 epochs of 1,497 slices took 68 min at one thread, the other core
+        # busy with another training (2026-12-05).
         cfg = MAEDiffConfig(width=32, norm_groups=8, head_channels=32, patch=32, stride=16, cell=8, mae_dim=64,
                             mae_heads=4, epochs=30)
         shared = {"image_size": 64, "batch_size": 16}
