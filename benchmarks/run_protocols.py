@@ -9,18 +9,31 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from MAEAnomalyLib.evaluation.cohort import BASELINES, SCORES
+from MAEAnomalyLib.evaluation.cohort import LABELS as COHORT_LABELS
+from MAEAnomalyLib.methods import get as get_method
+from MAEAnomalyLib.methods import names as method_names
+
 PROTOCOLS = ("t1", "paper")
 CONTRASTS = ("t1", "flair", "t2")  # of the paper protocol; "t1" is the native T1
 # T1 protocol: the methods whose IXI model ships with the project
 SHIPPED_T1 = {"mae_classifier": "brain-t1", "ra": "brain-t1-ra"}
+
+
+def _columns() -> tuple[str, ...]:
+    """evaluate's score columns in the tables' order: the calibrated score, each method's own score (the
+    paper's), the baselines, then the reconstruction errors and their position forms."""
+    first = ["score", "score_volume", *(get_method(m).primary for m in method_names())]
+    first = [c for c in dict.fromkeys(first) if c in SCORES and c not in BASELINES]
+    return (*first, *BASELINES, *(c for c in SCORES if c not in first and c not in BASELINES))
+
+
 # Columns of evaluate's tables reported per method, when present; the voxel map shown beside each.
-COLUMNS = ("score", "score_volume", "probability", "ra_map_mean", "maediff_l1", "pddpm_l1", "intensity_p995",
-           "foreground_fraction", "mae_l1", "mae_l1_position", "ra_l1", "ra_l1_position")
+COLUMNS = _columns()
 VOXEL_MAP = {"score": "difference+post", "intensity_p995": "intensity+post"}
-LABELS = {"score_volume": "score within volume", "probability": "probability (the paper's score)",
-          "ra_map_mean": "ra_map_mean (the paper's score)", "maediff_l1": "maediff_l1 (the paper's score)",
-          "pddpm_l1": "pddpm_l1 (the paper's score)", "foreground_fraction": "brain area",
-          "mae_l1_position": "mae_l1 by position", "ra_l1_position": "ra_l1 by position"}
+LABELS = {**COHORT_LABELS, "foreground_fraction": "brain area",
+          **{get_method(m).primary: f"{get_method(m).primary} (the paper's score)" for m in method_names()
+             if get_method(m).primary not in BASELINES}}
 
 
 @dataclass

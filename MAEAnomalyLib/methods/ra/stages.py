@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from itertools import islice
 
 import torch
 from torch import nn
@@ -22,7 +23,7 @@ from ...data.slice_cache import SliceRows
 from ...engine.batch_norm import counted_rows, reestimate_running_statistics
 from ...engine.best import remember_if_best, restore_best
 from ...engine.loop import Optimisation, Progress, Run, Stage, descend, make_loader, rank_share, train_stage
-from ...engine.samples import ChunkBatches, Item, Step
+from ...engine.samples import ChunkBatches, EpochBatches, Item, Step
 from ..base import TrainingData
 from ..model import AnomalyModel
 from .losses import exp_elbo, kl_divergence, reparameterise, reversed_loss, squared_error
@@ -173,15 +174,10 @@ class RAStage:
         none of them (RA_Trainer.py keeps those): at epoch 18 of the small preset the held-out MSE was
         0.066 with them and 0.020 re-estimated (docs/experiments.md). Each rank passes its share of every
         batch, as in training, so that any number of ranks estimates what one does."""
-        rows, batch, d = self.data.train, self.tc.batch_size, self.run.dist
-        order = torch.randperm(len(rows), generator=generator(self.tc.seed, "ra-statistics"))[:STATISTICS_SLICES]
-        items = [(0, p, int(i)) for p, i in enumerate(order)]
-        shares, counted = [], []
-        for start in range(0, len(items), batch):
-            whole = items[start:start + batch]
-            a, b = d.rows(len(whole))
-            shares.append(whole[a:b] if b > a else whole[:1])  # no share: a row of zero weight
-            counted.append(b - a)
+        rows, batch = self.data.train, self.tc.batch_size
+        plan = EpochBatches(len(rows), batch, self.tc.seed, "ra-statistics", 1, (0, 0), self.run.dist.rows)
+        steps = list(islice(plan.steps(), max(1, STATISTICS_SLICES // batch)))
+        shares, counted = [items for _, items in steps], [step.b - step.a for step, _ in steps]
         data = RASamples(rows, self.tc.seed, "ra-statistics", False, self.s.latent)
         loader = make_loader(data, shares, self.run.options.workers, self.run.device)
         net = self.model.ra
@@ -205,5 +201,5 @@ def run_stage(model: AnomalyModel, data: TrainingData, run: Run, progress: Progr
     trainable(model.ra, True)
     if model.config.settings.selection == "best_validation":
         restore_best(progress, model.ra, run, "validation MSE")
-    else:  # the last epoch's network, which a time budget may have stopped before its validation
+    elif progress.batch > 0:  # a time budget stopped the last epoch before its validation re-estimated them
         RAStage(model, data, run, progress).real_statistics()
