@@ -37,15 +37,15 @@ from sklearn.metrics import roc_auc_score
 from MAEAnomalyLib.data.appearance import SIMULATED_SITES, Appearance, apply_appearance
 from MAEAnomalyLib.data.io import read_mask, read_volume, to_canonical
 from MAEAnomalyLib.data.preprocessing import prepare_image
+from MAEAnomalyLib.evaluation.cohort import SCORES
 from MAEAnomalyLib.evaluation.voxels import CohortVoxels
-from MAEAnomalyLib.scoring.scores import BASELINE, min_pixels, score_prepared
+from MAEAnomalyLib.scoring.scores import min_pixels, score_prepared
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from voxel_smoothing import UNSEEN_FROM, implant_lesions, ixi_and_model
 
 SITES = {"original": Appearance(), **SIMULATED_SITES}
 POOLED = "pooled"
-NAMED = ("probability", "mae_l1_position", BASELINE, "foreground_fraction")  # beside score and score_*
 
 
 @dataclasses.dataclass
@@ -60,7 +60,9 @@ class Slices:
 
 
 def score_columns(table: dict[str, np.ndarray]) -> list[str]:
-    return [c for c in table if c == "score" or c.startswith("score_")] + [c for c in NAMED if c in table]
+    """score and its forms, then every column of evaluate's (the method's own, the baselines) the table has."""
+    first = [c for c in table if c == "score" or c.startswith("score_")]
+    return first + [c for c in SCORES if c in table and c not in first]
 
 
 def auroc(lesion: np.ndarray, scores: np.ndarray) -> float:
@@ -150,7 +152,7 @@ def main() -> int:
                 table = result.table
                 assert len(table["skipped"]) == len(lesion), "the slice table follows the canonical axial slices"
                 brain_slices = table["skipped"] == 0
-                rows.append(Slices(site, kind, {c: np.asarray(table[c], float)[brain_slices]
+                rows.append(Slices(site, kind, {c: SCORES.get(c, 1.0) * np.asarray(table[c], float)[brain_slices]
                                                 for c in score_columns(table)},
                                    lesion.any(axis=(1, 2))[brain_slices], table["abnormal"][brain_slices] == 1))
                 for name in (site, POOLED):
