@@ -20,11 +20,14 @@ CONTRASTS = ("t1", "flair", "t2")  # of the paper protocol; "t1" is the native T
 SHIPPED_T1 = {"mae_classifier": "brain-t1", "ra": "brain-t1-ra"}
 
 
+# Each method's own score (the paper's), but for the intensity baseline's, which is one of the baselines
+PRIMARIES = tuple(dict.fromkeys(p for p in (get_method(m).primary for m in method_names()) if p not in BASELINES))
+
+
 def _columns() -> tuple[str, ...]:
-    """evaluate's score columns in the tables' order: the calibrated score, each method's own score (the
-    paper's), the baselines, then the reconstruction errors and their position forms."""
-    first = ["score", "score_volume", *(get_method(m).primary for m in method_names())]
-    first = [c for c in dict.fromkeys(first) if c in SCORES and c not in BASELINES]
+    """evaluate's score columns in the tables' order: the calibrated score, each method's own score, the
+    baselines, then the reconstruction errors and their position forms."""
+    first = [c for c in ("score", "score_volume", *PRIMARIES) if c in SCORES]
     return (*first, *BASELINES, *(c for c in SCORES if c not in first and c not in BASELINES))
 
 
@@ -32,8 +35,7 @@ def _columns() -> tuple[str, ...]:
 COLUMNS = _columns()
 VOXEL_MAP = {"score": "difference+post", "intensity_p995": "intensity+post"}
 LABELS = {**COHORT_LABELS, "foreground_fraction": "brain area",
-          **{get_method(m).primary: f"{get_method(m).primary} (the paper's score)" for m in method_names()
-             if get_method(m).primary not in BASELINES}}
+          **{p: f"{p} (the paper's score)" for p in PRIMARIES}}
 
 
 @dataclass

@@ -24,17 +24,19 @@ BASELINES = ("intensity_p995", "foreground_fraction")
 def _score_signs() -> dict[str, float]:
     signs = {"score": 1.0, "score_volume": 1.0}
     for method in map(get_method, method_names()):
+        positioned = method.position_columns()
         for column in method.columns:
             if column not in BASELINES:
                 signs.setdefault(column, -1.0 if column in method.lower_is_anomalous else 1.0)
-            if column in method.positioned and column != method.primary:
-                signs.setdefault(f"{column}_position", 1.0)
+            if column in positioned:
+                signs.setdefault(positioned[column], 1.0)
     return {**signs, **dict.fromkeys(BASELINES, 1.0)}
 
 
 SCORES = _score_signs()
 LABELS = {"score_volume": "score within volume", "ssim": "1 - ssim", "foreground_fraction": "foreground area",
-          **{name: f"{name.removesuffix('_position')} by position" for name in SCORES if name.endswith("_position")}}
+          **{name: f"{column} by position" for m in method_names()
+             for column, name in get_method(m).position_columns().items()}}
 AREA_STRATA = 5
 POSITION_GROUPS = 3  # bottom, middle and top thirds of the brain
 

@@ -98,6 +98,11 @@ class Method:
     # aliases of its settings from the previous format: old "section.field" -> its dotted path
     aliases: dict[str, str] = field(default_factory=dict)
 
+    def position_columns(self) -> dict[str, str]:
+        """Its columns that the slice table also gives against healthy slices at the same height, each with
+        that column's name: every positioned one but the primary, which ``score`` already is."""
+        return {c: f"{c}_position" for c in self.columns if c in self.positioned and c != self.primary}
+
 
 def lazy(module: str, name: str) -> Callable[..., Any]:
     """``module.name`` as a function that imports its module when first called, so that registering a

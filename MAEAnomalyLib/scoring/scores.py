@@ -64,10 +64,11 @@ def slice_table(model: AnomalyModel, prepared: PreparedVolume, raw: dict[str, np
     own = score if reference else transformed(primary, method.positioned.get(method.primary, "none"))
     table = {"slice_index": np.arange(n), "position_mm": prepared.positions_mm, "score": score,
              VOLUME_SCORE: within_volume(own, ~skipped)}
+    positioned = method.position_columns()
     for name in method.columns:
         table[name] = raw[name]
-        if name in method.positioned and name != method.primary:
-            table[f"{name}_position"] = calibrated(raw[name], fraction, reference, name) if reference else np.full(
+        if name in positioned:
+            table[positioned[name]] = calibrated(raw[name], fraction, reference, name) if reference else np.full(
                 n, np.nan)
     if BASELINE not in table:
         table[BASELINE] = intensity_percentile(prepared.slices.numpy(), prepared.foreground.numpy())
