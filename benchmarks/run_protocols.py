@@ -35,7 +35,7 @@ def _columns() -> tuple[str, ...]:
 COLUMNS = _columns()
 VOXEL_MAP = {"score": "difference+post", "intensity_p995": "intensity+post"}
 LABELS = {**COHORT_LABELS, "foreground_fraction": "brain area",
-          **{p: f"{p} (the paper's score)" for p in PRIMARIES}}
+          **{p: f"{p} (the method's raw score)" for p in PRIMARIES}}
 
 
 @dataclass

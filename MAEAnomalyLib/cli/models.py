@@ -28,10 +28,11 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
     from ..training.site import calibrate_site
 
     model = resolve_model(args.model)
-    images, masks = expand_paths(args.images), expand_paths(args.masks)
-    print(f"calibrating {model} on {len(images)} healthy volumes", file=sys.stderr, flush=True)
+    images, masks, labels = expand_paths(args.images), expand_paths(args.masks), expand_paths(args.labels)
+    kind = "volumes, their labelled slices left out" if labels else "healthy volumes"
+    print(f"calibrating {model} on {len(images)} {kind}", file=sys.stderr, flush=True)
     record = calibrate_site(model, images, masks, args.brain_mask, Path(args.out), resolve_device(args.device),
-                            args.target_fpr, args.set)
+                            args.target_fpr, args.set, labels)
     old = record["original_threshold"]
     print(f"threshold at a false-positive rate of {record['target_fpr']:g} on {record['slices']} healthy slices "
           f"of {record['volumes']} volumes (original threshold {old:.4f} kept in config.json); weights unchanged; "
@@ -49,6 +50,8 @@ def add_model_commands(sub: argparse._SubParsersAction, device_help: str) -> Non
     p.add_argument("--images", nargs="+", required=True,
                    help="healthy volumes of the site: files, DICOM folders, folders of volumes, or .txt lists")
     p.add_argument("--masks", nargs="+", help="brain masks, paired with --images (by name from folders)")
+    p.add_argument("--labels", nargs="+", help="label maps, paired with --images: slices with a labelled voxel "
+                                               "are left out (patients' volumes, as training's --labels)")
     p.add_argument("--brain-mask", default="auto", choices=("auto", "none"),
                    help="without --masks: auto extracts the brain unless skull-stripped (default), none uses "
                         "the head")

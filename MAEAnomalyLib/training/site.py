@@ -94,9 +94,10 @@ def write_model_folder(out: Path, files: dict[str, bytes]) -> None:
 
 def calibrate_site(model_dir: Path, images: Sequence[str], masks: Sequence[str] | None, brain_mask: str,
                    out: Path, device: torch.device, target_fpr: float | None = None,
-                   settings: Sequence[str] = ()) -> dict:
+                   settings: Sequence[str] = (), labels: Sequence[str] | None = None) -> dict:
     """Writes ``out``: the model's weights unchanged and a config whose position reference and threshold
-    come from ``images`` (healthy volumes of one site), after ``settings`` (``segmentation.field=value``:
+    come from ``images`` (healthy volumes of one site, or patients' volumes whose ``labels`` mark the slices
+    to leave out, as training's held-out volumes do), after ``settings`` (``segmentation.field=value``:
     how the voxel map is made and cut, which the voxel threshold depends on). Returns the calibration record."""
     check_calibration_out(out, model_dir)
     model = load_model(model_dir)
@@ -113,7 +114,7 @@ def calibrate_site(model_dir: Path, images: Sequence[str], masks: Sequence[str] 
     fpr = cfg.calibration.target_fpr if target_fpr is None else target_fpr
     if not 0 < fpr < 1:
         raise MAEAnomalyError(f"--target-fpr {fpr}: give a rate between 0 and 1, e.g. 0.05")
-    volumes = pair_sources(images, masks, None)
+    volumes = pair_sources(images, masks, labels)
     refuse_repeated_volumes(volumes)  # before any scoring
 
     def prepare_fn(image, preprocess, mask, labels, min_pixels):
@@ -131,6 +132,7 @@ def calibrate_site(model_dir: Path, images: Sequence[str], masks: Sequence[str] 
         "fpr_on_calibration_slices": summary["validation_fpr"],
         "files": [{"path": str(v[0]), "sha256": _sha256(Path(v[0]))} for v in volumes],
         "brain_mask": "given" if masks else brain_mask,
+        "labelled_slices_left_out": bool(labels),
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "source_model": str(model_dir),
         # The threshold training set, kept through any number of re-calibrations.
@@ -144,7 +146,8 @@ def calibrate_site(model_dir: Path, images: Sequence[str], masks: Sequence[str] 
     cfg.voxel_threshold = voxel["voxel_thresholds"]["difference"]["on"]
     cfg.check()
     paths = [model_dir / f"{name}.safetensors" for name in model.networks]
-    refuse_inputs([out / CONFIG_NAME, *(out / w.name for w in paths)], [*images, *(masks or []), *paths], "--out")
+    inputs = [*images, *(masks or []), *(labels or []), *paths]
+    refuse_inputs([out / CONFIG_NAME, *(out / w.name for w in paths)], inputs, "--out")
     weights = {path.name: path.read_bytes() for path in paths}
     digests = {name: hashlib.sha256(data).hexdigest() for name, data in weights.items()}
     if any(model.weights_sha256.get(name, digest) != digest for name, digest in digests.items()):

@@ -143,6 +143,26 @@ def test_calibrate_recalibrates_the_voxel_threshold_for_new_segmentation_setting
     assert abs(above / voxels - seg.target_fpr) < 0.002
 
 
+def test_calibrate_on_patients_leaves_out_their_labelled_slices(run_cli: Callable, untrained_model_dir: Path,
+                                                                tmp_path: Path) -> None:
+    """``--labels`` makes patients' volumes usable, as training's held-out volumes are: only the slices
+    without a labelled voxel set the threshold."""
+    patients = [make_subject(200 + i, lesion=True, lesion_radius=(3.0, 4.0)).write(tmp_path / "patients", f"p{i}")
+                for i in range(6)]
+    labelled = sum(int((sitk.GetArrayFromImage(sitk.ReadImage(str(p[2]))) > 0).any(axis=(1, 2)).sum())
+                   for p in patients)  # stored axially (LPS): one array row per axial slice
+    assert labelled > 0
+    counts = {}
+    for name, extra in (("all", ()), ("unlabelled", ("--labels", *[str(p[2]) for p in patients]))):
+        out = tmp_path / name
+        result = _calibrate(run_cli, untrained_model_dir, patients, out, "--target-fpr", "0.2", *extra)
+        assert result.returncode == 0, result.stderr
+        record = json.loads((out / "config.json").read_text())["site_calibration"]
+        counts[name] = record["slices"]
+        assert record["labelled_slices_left_out"] is bool(extra)
+    assert counts["unlabelled"] == counts["all"] - labelled
+
+
 @pytest.mark.parametrize("setting", ["mae_classifier.score_reconstructions=2", "train.score_reconstructions=2"])
 def test_calibrate_changes_no_setting_the_networks_were_trained_with(run_cli: Callable, heads: list,
                                                                      untrained_model_dir: Path,

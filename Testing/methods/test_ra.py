@@ -12,18 +12,21 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
+from MAEAnomalyLib.core.errors import MAEAnomalyError
+from MAEAnomalyLib.data.synthetic import write_cohort
 from MAEAnomalyLib.engine.batch_norm import GlobalBatchNorm2d, counted_rows, reestimate_running_statistics
 from MAEAnomalyLib.engine.distributed import Dist, StopControl
 from MAEAnomalyLib.engine.loop import Run, RunOptions, rank_share
 from MAEAnomalyLib.methods import get
 from MAEAnomalyLib.methods.base import TrainingData
-from MAEAnomalyLib.methods.model import AnomalyModel
+from MAEAnomalyLib.methods.model import AnomalyModel, load_model, save_model
 from MAEAnomalyLib.methods.model_config import preset
-from MAEAnomalyLib.methods.ra.anomaly_map import anomaly_map, clahe
+from MAEAnomalyLib.methods.ra.anomaly_map import anomaly_map, clahe, residual_map
 from MAEAnomalyLib.methods.ra.config import approximate_parameters
 from MAEAnomalyLib.methods.ra.losses import exp_elbo, kl_divergence, reparameterise, reversed_loss, squared_error
 from MAEAnomalyLib.methods.ra.lpips import SpatialLPIPS, load_lpips
 from MAEAnomalyLib.methods.ra.stages import RAStage
+from MAEAnomalyLib.training.site import calibrate_site
 
 
 def tiny_model(size: int = 32) -> AnomalyModel:
@@ -156,6 +159,35 @@ def test_a_difference_inside_the_brain_shows_there_and_nowhere_far(lpips: Spatia
     assert (amap[far] == 0).all()
 
 
+def test_the_residual_map_is_the_clamped_difference_inside_the_brain() -> None:
+    image, fg = head()
+    pseudo = image.clone()
+    pseudo[..., 28:36, 28:36] += 0.3
+    pseudo[..., 24, 24] = 1.7  # beyond the slices' range: counted as 1
+    expected = torch.zeros_like(image)
+    expected[..., 28:36, 28:36] = 0.3
+    expected[..., 24, 24] = 1 - image[..., 24, 24]
+    torch.testing.assert_close(residual_map(pseudo, image, fg), expected * fg, rtol=0, atol=1e-6)
+    assert residual_map(pseudo, image, torch.zeros_like(fg)).abs().sum() == 0
+
+
+def test_the_residual_setting_makes_the_scorers_map_the_plain_residual() -> None:
+    model = tiny_model()
+    model.config.settings.anomaly_map = "residual"
+    score = get("ra").scorer(model, torch.device("cpu"))
+    torch.manual_seed(1)
+    fg = torch.zeros(3, 1, 32, 32, dtype=torch.bool)
+    fg[..., 4:28, 6:26] = True
+    images = torch.rand(3, 1, 32, 32) * fg
+    out = score(images, fg, torch.arange(3).numpy())
+    with torch.inference_mode():
+        pseudo = model.ra.eval().pseudo_healthy(images)
+    torch.testing.assert_close(out.anomaly_map, (pseudo - images).abs() * fg)
+    assert out.scores["ra_map_mean"] == pytest.approx(out.scores["ra_l1"], rel=1e-6)
+    assert preset("small", "ra").settings.anomaly_map == "residual"  # chosen on synthetic lesions
+    assert preset("paper", "ra").settings.anomaly_map == "perceptual"  # the authors'
+
+
 def test_a_slice_scores_the_same_in_any_batch() -> None:
     model = tiny_model()
     score = get("ra").scorer(model, torch.device("cpu"))
@@ -238,3 +270,26 @@ def test_global_batch_norm_under_two_ranks_is_one_process_batch_norm(tmp_path: P
             torch.testing.assert_close(r[size]["grad"], norm.weight.grad, rtol=1e-4, atol=1e-5)
             torch.testing.assert_close(r[size]["mean"], norm.running_mean, rtol=1e-5, atol=1e-6)
             torch.testing.assert_close(r[size]["var"], norm.running_var, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.slow  # scores three volumes four times
+def test_calibrate_changes_the_maps_equalisation_and_nothing_the_networks_learned(tmp_path: Path) -> None:
+    """The map's CLAHE settings shape scoring only, so ``calibrate --set`` may change them on a trained model
+    (a random tiny one stands in: calibration never looks at how good the network is)."""
+    healthy, _ = write_cohort(tmp_path / "data", healthy=3, lesioned=0, seed=3)
+    model = tiny_model(64)
+    model.config.threshold = 0.5
+    save_model(model, tmp_path / "model")
+    images, masks = [str(h[0]) for h in healthy], [str(h[1]) for h in healthy]
+    same, coarser = tmp_path / "same", tmp_path / "coarser"
+    for out, settings in ((same, []), (coarser, ["ra.clahe_tiles=4"])):
+        calibrate_site(tmp_path / "model", images, masks, "none", out, torch.device("cpu"), target_fpr=0.2,
+                       settings=settings)
+    before, after = load_model(same), load_model(coarser)
+    assert (before.config.settings.clahe_tiles, after.config.settings.clahe_tiles) == (8, 4)
+    assert after.config.voxel_threshold != before.config.voxel_threshold  # the map changed, and its threshold
+    assert all(torch.equal(a, b) for a, b in zip(before.ra.state_dict().values(), after.ra.state_dict().values(),
+                                                  strict=True))
+    with pytest.raises(MAEAnomalyError, match=r"\(and ra.anomaly_map, ra.clahe_clip, ra.clahe_tiles\)"):
+        calibrate_site(tmp_path / "model", images, masks, "none", tmp_path / "wider", torch.device("cpu"),
+                       settings=["ra.width=16"])

@@ -87,3 +87,10 @@ def anomaly_map(pseudo_healthy: torch.Tensor, images: torch.Tensor, foreground: 
     eq_ph, eq = clahe(x_ph, tiles, clip), clahe(x, tiles, clip)
     residual = (eq_ph - eq).abs()
     return residual * perceptual_weight(x_ph, x, eq_ph, eq, lpips) * foreground.to(residual.dtype)
+
+
+def residual_map(pseudo_healthy: torch.Tensor, images: torch.Tensor, foreground: torch.Tensor) -> torch.Tensor:
+    """|x_ph − x| inside the foreground, both clamped to [0, 1]: the map with neither equalisation nor
+    perceptual weighting (``ra.anomaly_map=residual``)."""
+    residual = (pseudo_healthy.float().clamp(0, 1) - images.float().clamp(0, 1)).abs()
+    return residual * foreground.to(residual.dtype)

@@ -35,7 +35,7 @@ def approximate_parameters(cfg: RAConfig, image_size: int) -> int:
 class RAConfig:
     """The method's section of ``config.json`` (``ra``)."""
 
-    CHOICES: ClassVar[dict] = {"selection": ("last", "best_validation")}
+    CHOICES: ClassVar[dict] = {"selection": ("last", "best_validation"), "anomaly_map": ("perceptual", "residual")}
     RANGES: ClassVar[dict] = {"width": (1, 4097), "max_width": (1, 4097), "stages": (1, 11), "latent": (1, 65537),
                               "epochs": (1, 1_000_001), "lr": (1e-12, 10), "beta_rec": (0, 1e6), "beta_kl": (0, 1e6),
                               "beta_neg": (0, 1e6), "gamma_r": (0, 1e6), "exp_elbo_weight": (0, 1e6),
@@ -67,6 +67,9 @@ class RAConfig:
     # has no settings (σ = 2 px, the shipped AlexNet LPIPS: ``anomaly_map``).
     clahe_clip: float = 0.01
     clahe_tiles: int = 8
+    # "perceptual": the authors' map above; "residual": |x_ph − x| alone, without equalisation or LPIPS
+    # weighting (the small preset's: docs/experiments.md).
+    anomaly_map: str = "perceptual"
 
     def problems(self, image_size: int | None = None) -> list[str]:
         problems = []
@@ -113,7 +116,8 @@ def preset(name: str) -> tuple[RAConfig, dict]:
         # The paper's 128 px (and the other methods' small presets', so that their maps compare), at an
         # eighth of its widths (8…128): 1.8 M parameters. Keeping the resolution and thinning the
         # network, rather than halving the slice to 64 px, keeps the map's detail, which is what the
-        # method localises with; the cost sits in the few full-resolution layers, which are 8 wide.
-        cfg = RAConfig(width=8, max_width=128, epochs=100)
+        # method localises with; the cost sits in the few full-resolution layers, which are 8 wide. Its map
+        # is the plain residual, chosen on synthetic lesions at simulated scanner sites (docs/experiments.md).
+        cfg = RAConfig(width=8, max_width=128, epochs=100, anomaly_map="residual")
         return cfg, {"image_size": 128, "batch_size": 8}
     raise ValueError(f"unknown preset '{name}' (choose tiny, small or paper)")

@@ -25,7 +25,7 @@ def summary_of_training(cfg: Any, progress: Any) -> dict:
 METHOD = Method(
     name="ra",
     summary="Reversed Autoencoder: pseudo-healthy reconstruction by a Soft-IntroVAE with a reversed "
-            "embedding loss, CLAHE residual map weighted by LPIPS (Bercea et al.)",
+            "embedding loss, CLAHE residual map weighted by LPIPS or the plain residual (Bercea et al.)",
     settings_type=RAConfig,
     presets=("tiny", "small", "paper"),
     preset=preset,
@@ -33,8 +33,10 @@ METHOD = Method(
     columns=("ra_map_mean", "ra_l1"),
     # Both are positive mean errors, skewed to the right (log).
     positioned={"ra_map_mean": "log", "ra_l1": "log"},
-    descriptions={"ra_map_mean": "Mean of the RA anomaly map |CLAHE(pseudo-healthy) - CLAHE(slice)| x the two "
-                                 "smoothed LPIPS maps, in the foreground (the raw score)",
+    map_settings=("anomaly_map", "clahe_clip", "clahe_tiles"),  # the map only: calibrate may change them
+    descriptions={"ra_map_mean": "Mean of the RA anomaly map in the foreground (the raw score): "
+                                 "|CLAHE(pseudo-healthy) - CLAHE(slice)| x the two smoothed LPIPS maps, or with "
+                                 "ra.anomaly_map=residual |pseudo-healthy - slice|",
                   "ra_l1": "Mean absolute difference between the slice and its pseudo-healthy reconstruction",
                   "ra_l1_position": "That difference's z-score against healthy slices at the same height"},
     networks=networks,
