@@ -20,7 +20,7 @@ CONTRASTS = ("t1", "flair", "t2")  # of the paper protocol; "t1" is the native T
 SHIPPED_T1 = {"mae_classifier": "brain-t1", "ra": "brain-t1-ra"}
 
 
-# Each method's own score (the paper's), but for the intensity baseline's, which is one of the baselines
+# Each method's own raw score (its primary), but for the intensity baseline's, which is one of the baselines
 PRIMARIES = tuple(dict.fromkeys(p for p in (get_method(m).primary for m in method_names()) if p not in BASELINES))
 
 

@@ -117,9 +117,9 @@ def calibrate_site(model_dir: Path, images: Sequence[str], masks: Sequence[str] 
     volumes = pair_sources(images, masks, labels)
     refuse_repeated_volumes(volumes)  # before any scoring
 
-    def prepare_fn(image, preprocess, mask, labels, min_pixels):
+    def prepare_fn(image, preprocess, mask, label, min_pixels):
         chosen = mask if mask is not None else brain_mask
-        return prepare_volume(image, preprocess, chosen, labels, min_pixels, device)[0]
+        return prepare_volume(image, preprocess, chosen, label, min_pixels, device)[0]
 
     voxels, dist = VoxelCalibration(cfg.segmentation), Dist(device=device)
     rows = healthy_rows(model, volumes, dist, None, prepare_fn, voxels)
