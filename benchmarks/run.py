@@ -212,9 +212,12 @@ class Runner:
 def model_row(job: rp.Job, out: Path) -> dict:
     cfg = json.loads((out / "config.json").read_text())
     summary = cfg.get("training_summary") or {}
-    return {"method": job.method, "contrast": job.contrast, "model": f"shipped {job.shipped}" if job.shipped
-            else out.name, "path": str(out), "preset": cfg.get("preset"),
-            "trained_on": job.train.name if job.train else "IXI T1 (see its model card)",
+    # A model given with --t1-model is a folder, not a shipped name: say so, and where its card would be.
+    given = bool(job.shipped) and (os.sep in job.shipped or "/" in job.shipped)
+    label = f"given {job.shipped}" if given else f"shipped {job.shipped}" if job.shipped else out.name
+    return {"method": job.method, "contrast": job.contrast, "model": label, "path": str(out),
+            "preset": cfg.get("preset"), "trained_on": job.train.name if job.train
+            else "IXI T1 (its config.json)" if given else "IXI T1 (see its model card)",
             "train_slices": summary.get("train_slices"), "train_seconds": summary.get("train_seconds"),
             "stopped_by_time_budget": summary.get("stopped_by_time_budget"), "threshold": cfg.get("threshold")}
 

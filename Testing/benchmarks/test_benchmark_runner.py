@@ -18,6 +18,7 @@ from MAEAnomalyLib.data.synthetic import make_subject
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
+import run  # noqa: E402
 import run_protocols as rp  # noqa: E402
 
 SPLIT = rp.Split(paper_train=3, paper_test=2, ixi_train=3, ixi_unseen=2)
@@ -73,7 +74,7 @@ def test_cache_key_changes_with_each_setting_and_stays_otherwise(tmp_path: Path)
     assert key(*base) != first
 
 
-def test_protocol_file_lists_on_a_generated_data_folder(data: Path) -> None:
+def test_protocol_file_lists_on_a_generated_data_folder(data: Path, tmp_path: Path) -> None:
     jobs, skipped = rp.protocol_jobs("t1", data, ["intensity", "mae_classifier"], ["t1"], SPLIT)
     assert skipped == []
     trained, shipped = jobs
@@ -95,6 +96,10 @@ def test_protocol_file_lists_on_a_generated_data_folder(data: Path) -> None:
     jobs, _ = rp.protocol_jobs("t1", data, ["intensity", "mae_classifier"], ["t1"], SPLIT,
                                {"intensity": "/models/mine"})
     assert [(j.train, j.shipped) for j in jobs] == [(None, "/models/mine"), (None, "brain-t1")]
+    (tmp_path / "m").mkdir()
+    (tmp_path / "m" / "config.json").write_text(json.dumps({"threshold": 1.0}))
+    given, shipped = (run.model_row(job, tmp_path / "m") for job in jobs)
+    assert given["model"] == "given /models/mine" and shipped["model"] == "shipped brain-t1"
 
     jobs, skipped = rp.protocol_jobs("paper", data, ["intensity"], ["t1", "flair"], SPLIT)
     assert skipped == [] and [(j.contrast, j.method) for j in jobs] == [("t1", "intensity"), ("flair", "intensity")]
@@ -126,10 +131,11 @@ def test_tables_show_every_column_and_copy_intervals_through() -> None:
     assert row == ("| m | set | score | 10 (4) | 0.750 [0.610, 0.880] | 0.500 | 0.800 | 0.550 | 0.600 | "
                    "0.500 / 0.600 / — | — | 0.700 (0.300–0.900) | 0.900 | 0.200 | 0.300 | 0.100 | 2.500 | 1.2 |")
     models = [{"method": "m", "contrast": "t1", "model": "shipped x", "trained_on": "IXI", "train_seconds": 600.0},
+              {"method": "n", "contrast": "t1", "model": "given /m/y", "trained_on": "IXI", "train_seconds": 900.0},
               {"method": "m", "contrast": "t1", "model": "p-t1-m-key", "trained_on": "a", "train_seconds": 1800.0}]
     text = rp.markdown({"protocol": "p", "command": "c", "wall_seconds": 1, "cpus": 2, "models": models,
                         "results": [result]})
-    assert "`c`; 1 s wall (2 CPU cores); from nothing: training 30 min + evaluation 2 min." in text  # not shipped ones
+    assert "`c`; 1 s wall (2 CPU cores); from nothing: training 30 min + evaluation 2 min." in text  # no given ones
     assert "  - `foreground_slices.score_minus.mae_l1.ci95` +0.100 [-0.200, 0.300]" in text
     assert "auroc_ci95" not in text  # shown in its AUROC cell, not listed again
     assert "precision" not in str(rp.intervals({"precision": [0, 1], "voxel": {"decision": 1}}))
