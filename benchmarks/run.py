@@ -37,6 +37,7 @@ sys.path[:0] = [str(ROOT), str(Path(__file__).resolve().parent)]  # runs without
 
 import run_protocols as rp  # noqa: E402
 
+from MAEAnomalyLib.core.shipped import models_dir  # noqa: E402
 from MAEAnomalyLib.methods import names as method_names  # noqa: E402
 
 
@@ -212,12 +213,14 @@ class Runner:
 def model_row(job: rp.Job, out: Path) -> dict:
     cfg = json.loads((out / "config.json").read_text())
     summary = cfg.get("training_summary") or {}
-    # A model given with --t1-model is a folder, not a shipped name: say so, and where its card would be.
-    given = bool(job.shipped) and (os.sep in job.shipped or "/" in job.shipped)
-    label = f"given {job.shipped}" if given else f"shipped {job.shipped}" if job.shipped else out.name
+    # resolve_model decided what job.shipped named: a shipped model lies in models_dir(); anything else is a
+    # folder given with --t1-model, which has no model card.
+    shipped = bool(job.shipped) and out.parent.resolve() == models_dir().resolve()
+    label = f"{'shipped' if shipped else 'given'} {job.shipped}" if job.shipped else out.name
+    trained_on = job.train.name if job.train else "IXI T1 (see its model card)" if shipped \
+        else "IXI T1 (its config.json)"
     return {"method": job.method, "contrast": job.contrast, "model": label, "path": str(out),
-            "preset": cfg.get("preset"), "trained_on": job.train.name if job.train
-            else "IXI T1 (its config.json)" if given else "IXI T1 (see its model card)",
+            "preset": cfg.get("preset"), "trained_on": trained_on,
             "train_slices": summary.get("train_slices"), "train_seconds": summary.get("train_seconds"),
             "stopped_by_time_budget": summary.get("stopped_by_time_budget"), "threshold": cfg.get("threshold")}
 

@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 import SimpleITK as sitk
 
+from MAEAnomalyLib.core.shipped import resolve_model
 from MAEAnomalyLib.data.synthetic import make_subject
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -98,7 +99,8 @@ def test_protocol_file_lists_on_a_generated_data_folder(data: Path, tmp_path: Pa
     assert [(j.train, j.shipped) for j in jobs] == [(None, "/models/mine"), (None, "brain-t1")]
     (tmp_path / "m").mkdir()
     (tmp_path / "m" / "config.json").write_text(json.dumps({"threshold": 1.0}))
-    given, shipped = (run.model_row(job, tmp_path / "m") for job in jobs)
+    # Each as the runner finds it (Runner.model_dir): the given folder, and the shipped model's own.
+    given, shipped = run.model_row(jobs[0], tmp_path / "m"), run.model_row(jobs[1], resolve_model("brain-t1"))
     assert given["model"] == "given /models/mine" and shipped["model"] == "shipped brain-t1"
 
     jobs, skipped = rp.protocol_jobs("paper", data, ["intensity"], ["t1", "flair"], SPLIT)
